@@ -1,0 +1,152 @@
+"""Turning measurements into the three outputs of latency.py: a JSON document, a rich table and a bar plot."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+
+from bench_baseline import PAPER_A100_MS
+from bench_stages import STAGES, outside_unet_fraction
+
+STAGE_LABELS = {
+    "text": "tokenize + text encoder", "vae_encoder": "VAE encoder", "unet_step": "guided UNet step (batch 3K)",
+    "sampler": "sampler overhead (whole call)", "vae_decoder": "VAE decoder", "postprocess": "postprocessing",
+    "end_to_end": "end to end",
+}
+
+
+def machine_description(device: str) -> dict:
+    import torch
+
+    out = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+           "cpu": cpu_model(), "cpu_cores": _cores(), "torch_threads": torch.get_num_threads(),
+           "load_average_at_start": load_average()}
+    for name in ("diffusers", "transformers", "onnxruntime"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: on a shared machine they say how much the timings were disturbed."""
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def cpu_model() -> str:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in text.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def engine_entry(engine: str, measured: dict, steps: int, baseline_ms: float | None, options: dict) -> dict:
+    """One `engines` item of the JSON: the issue's required keys first, then the detail."""
+    timings = measured["timings"]
+    medians = {s: timings[s].median for s in STAGES}
+    e2e = medians["end_to_end"]
+    return {
+        "engine": engine, "steps": steps, "unet_step_ms": round(medians["unet_step"], 2),
+        "end_to_end_ms": round(e2e, 2),
+        "speedup_vs_baseline": round(baseline_ms / e2e, 2) if baseline_ms else None,
+        "outside_unet_fraction": round(outside_unet_fraction(medians, steps), 4),
+        "stages": {s: timings[s].summary() for s in STAGES},
+        "memory": measured["memory"], "latent_shape": measured["latent_shape"], "options": options,
+    }
+
+
+def add_relative_figures(doc: dict) -> None:
+    """UNet-step speed-up of each engine over torch eager, and the ratio to the paper's 5 s on an A100 (GPU)."""
+    torch_entry = next((e for e in doc["engines"] if e["engine"] == "torch"), None)
+    for e in doc["engines"]:
+        if torch_entry:
+            e["unet_step_speedup_vs_torch"] = round(torch_entry["unet_step_ms"] / e["unet_step_ms"], 3)
+        if doc["machine"].get("gpu"):
+            e["speedup_vs_paper_a100_5s"] = round(PAPER_A100_MS / e["end_to_end_ms"], 1)
+
+
+def print_table(doc: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s = doc["settings"]
+    table = Table(title=f"{s['model']} | {s['device']} {s['dtype']} | {s['resolution']} px | {s['steps']} {s['sampler']} steps"
+                        f" | K={s['batch_instructions']} | {s['repeats']} repeats (median ± half-range, ms)")
+    table.add_column("stage")
+    for e in doc["engines"]:
+        table.add_column(e["engine"], justify="right")
+    for stage in STAGES:
+        cells = [f"{e['stages'][stage]['median_ms']:.1f} ± {e['stages'][stage]['spread_ms']:.1f}" for e in doc["engines"]]
+        table.add_row(STAGE_LABELS[stage], *cells)
+    table.add_row("outside the UNet (share of call)", *[f"{100 * e['outside_unet_fraction']:.1f} %" for e in doc["engines"]])
+    if any("unet_step_speedup_vs_torch" in e for e in doc["engines"]):
+        table.add_row("UNet step speed-up vs torch", *[f"{e.get('unet_step_speedup_vs_torch', float('nan')):.2f}x" for e in doc["engines"]])
+    table.add_row("peak RSS (MB)", *[f"{e['memory']['peak_rss_mb']:.0f}" for e in doc["engines"]])
+    if any("cuda_peak_allocated_mb" in e["memory"] for e in doc["engines"]):
+        table.add_row("peak CUDA allocated (MB)", *[f"{e['memory'].get('cuda_peak_allocated_mb', 0):.0f}" for e in doc["engines"]])
+    if doc.get("baseline_ms"):
+        table.add_row("speed-up vs baseline", *[f"{e['speedup_vs_baseline']:.1f}x" for e in doc["engines"]])
+    console.print(table)
+    if doc.get("baseline_ms"):
+        b = doc["baseline"]
+        how = "EXTRAPOLATED linearly from " + ", ".join(b["timed_steps"]) + " steps" if doc["baseline_extrapolated"] else "measured"
+        console.print(f"baseline (paper setting, {b['method'].split(';')[0]}): {doc['baseline_ms'] / 1000:.2f} s per call ({how})")
+    gpu = doc["machine"].get("gpu")
+    if gpu:
+        for e in doc["engines"]:
+            console.print(f"{e['engine']}: {e['end_to_end_ms']:.1f} ms on {gpu} = {e['speedup_vs_paper_a100_5s']}x faster "
+                          f"than the paper's 5 s on an A100")
+
+
+def write_plot(doc: dict, path) -> None:
+    """Left: time per call, log scale, baseline included. Right: where an engine's call goes, stacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from icv_deploy.atomic import atomic_path
+
+    engines = doc["engines"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.5 + 0.6 * (len(engines) + 1)))
+    names = [e["engine"] for e in engines]
+    values = [e["end_to_end_ms"] for e in engines]
+    if doc.get("baseline_ms"):
+        names.append("baseline (diffusers, 100 steps" + (", extrap.)" if doc["baseline_extrapolated"] else ")"))
+        values.append(doc["baseline_ms"])
+    left.barh(names, values, color=["tab:blue"] * len(engines) + ["tab:gray"] * (len(names) - len(engines)))
+    left.set_xscale("log")
+    left.set_xlabel("ms per call (log)")
+    left.set_title("end to end")
+    steps = doc["settings"]["steps"]
+    parts = [("text", "text"), ("vae_encoder", "VAE enc"), ("unet_step", f"UNet x {steps}"), ("sampler", "sampler"),
+             ("vae_decoder", "VAE dec"), ("postprocess", "post")]
+    starts = [0.0] * len(engines)
+    for key, label in parts:
+        widths = [e["stages"][key]["median_ms"] * (steps if key == "unet_step" else 1) for e in engines]
+        right.barh([e["engine"] for e in engines], widths, left=starts, label=label)
+        starts = [a + b for a, b in zip(starts, widths)]
+    right.set_xlabel("ms (stage medians)")
+    right.set_title(f"where the time goes ({steps} steps)")
+    right.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

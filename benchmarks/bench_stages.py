@@ -1,0 +1,188 @@
+"""Where the time of one InstructCV call goes: per-stage timings of a loaded pipeline, and peak memory.
+
+Stages (each timed `repeats` times after one warm-up call, reported as median and spread; the end-to-end
+calls come last, when everything is warm, and have no warm-up of their own):
+    text            tokenize + text encoder for the K instructions (the empty-prompt embedding is cached by the
+                    pipeline after its first call, as in a warm service)
+    vae_encoder     the image latent (once per image, whatever K)
+    unet_step       one guided step: the UNet on a batch of 3K plus the guidance arithmetic
+    sampler         everything in `pipeline.sample` except the UNet itself, for the whole call (schedule,
+                    per-instruction noise generators, guidance batch, sampler updates): measured by running the
+                    sampler with a zero-cost stand-in for `predict_noise`
+    vae_decoder     latents -> v(y) image
+    postprocess     v(y) -> the task's answer (from the pipeline's own `timings_ms`)
+    end_to_end      the whole `run_many` call, as a user sees it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+STAGES = ("text", "vae_encoder", "unet_step", "sampler", "vae_decoder", "postprocess", "end_to_end")
+
+
+@dataclass
+class Timing:
+    samples_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_ms) if self.samples_ms else float("nan")
+
+    @property
+    def spread(self) -> float:
+        """Half the range (max - min) / 2: with a handful of repeats, more honest than a standard deviation."""
+        return (max(self.samples_ms) - min(self.samples_ms)) / 2 if len(self.samples_ms) > 1 else 0.0
+
+    def summary(self) -> dict:
+        return {"median_ms": round(self.median, 3), "spread_ms": round(self.spread, 3),
+                "min_ms": round(min(self.samples_ms), 3) if self.samples_ms else None, "n": len(self.samples_ms),
+                "samples_ms": [round(x, 3) for x in self.samples_ms]}
+
+
+def synchronizer(device) -> callable:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_call(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> tuple[Timing, object]:
+    """Run fn() warmup + repeats times; return the timings of the repeats and fn's last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    sync()
+    timing = Timing()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        sync()
+        timing.samples_ms.append((time.perf_counter() - t0) * 1000)
+    return timing, result
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled every `interval` s by a thread) and peak CUDA memory of a block.
+
+    The CPU figure is the process's RSS, so it includes everything loaded before the block (the model):
+    `baseline_mb` says how much was resident when the block began.
+    """
+
+    def __init__(self, device="cpu", interval: float = 0.02):
+        self.device, self.interval = torch.device(device), interval
+        self.peak_rss_mb = self.baseline_mb = 0.0
+        self.cuda_peak_mb = None
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+    def _watch(self):
+        while not self._stop.wait(self.interval):
+            self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
+
+    def __enter__(self):
+        self.baseline_mb = self.peak_rss_mb = self.rss_mb()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.cuda_peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return False
+
+    def summary(self) -> dict:
+        out = {"peak_rss_mb": round(self.peak_rss_mb, 1), "rss_at_start_mb": round(self.baseline_mb, 1)}
+        if self.cuda_peak_mb is not None:
+            out["cuda_peak_allocated_mb"] = round(self.cuda_peak_mb, 1)
+        return out
+
+
+@contextlib.contextmanager
+def stub_predict_noise(backend):
+    """Replace backend.predict_noise by a zero-cost stand-in (zeros of the UNet's output shape) for a block."""
+    channels = backend.info.latent_channels
+
+    def free(sample, timestep, text_embeddings):
+        return torch.zeros((sample.shape[0], channels, *sample.shape[2:]), device=sample.device, dtype=sample.dtype)
+
+    backend.predict_noise = free  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del backend.predict_noise
+
+
+def measure_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: int, sampler: str, repeats: int,
+                     task: str | None = None, resolution: int = 256, seed: int = 0, warmup: int = 1) -> dict:
+    """Per-stage timings of `pipe` (an InstructCVPipeline) for K = len(instructions) instructions on one image."""
+    from icv_deploy import images as imgs
+    from icv_deploy.guidance import GuidedDenoiser, guidance_batch
+    from icv_deploy.sampling import SAMPLERS
+    from icv_deploy.schedules import make_schedule
+
+    backend = pipe.backend
+    sync = synchronizer(backend.device)
+    pipe.progress = False
+    gs, igs = 7.5, 1.5
+    timings: dict[str, Timing] = {}
+    memory = PeakMemory(backend.device)
+    with memory:
+        size = imgs.working_size(*image.shape[:2], resolution, backend.info.vae_scale_factor)
+        model_input = imgs.resize(image, size)
+        timings["text"], (text_emb, empty_emb) = time_call(lambda: pipe.encode_instructions(list(instructions)), repeats, warmup, sync)
+        timings["vae_encoder"], image_latents = time_call(lambda: pipe.encode_image(model_input), repeats, warmup, sync)
+
+        sample_fn, spacing = SAMPLERS[sampler]
+        schedule = make_schedule(pipe.scheduler_config, steps, spacing)
+        text_batch, image_batch = guidance_batch(text_emb, empty_emb, image_latents)
+        denoiser = GuidedDenoiser(backend.predict_noise, schedule, text_batch, image_batch, gs, igs)
+        k, (_, c, h, w) = len(instructions), image_latents.shape
+        x = torch.randn((k, c, h, w), generator=torch.Generator().manual_seed(seed)).to(backend.device) * schedule.sigmas[0]
+        timings["unet_step"], _ = time_call(lambda: denoiser(x, 0), repeats, warmup, sync)
+
+        with stub_predict_noise(backend):
+            timings["sampler"], latents = time_call(
+                lambda: pipe.sample(text_emb, empty_emb, image_latents, steps, sampler, seed, gs, igs), repeats, warmup, sync)
+        timings["vae_decoder"], _ = time_call(lambda: pipe.decode_latents(latents), repeats, warmup, sync)
+
+        def call():
+            return pipe.run_many(image, list(instructions), steps=steps, sampler=sampler, seed=seed, guidance_scale=gs,
+                                 image_guidance_scale=igs, resolution=resolution, task=task)
+
+        # Every network has run by now (warm), so the end-to-end calls need no warm-up of their own.
+        end_to_end, results = Timing(), []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            results = call()
+            sync()
+            end_to_end.samples_ms.append((time.perf_counter() - t0) * 1000)
+            timings.setdefault("postprocess", Timing()).samples_ms.append(results[0].settings["timings_ms"]["postprocess_ms"])
+        timings["end_to_end"] = end_to_end
+    return {"timings": timings, "memory": memory.summary(), "results": results, "latent_shape": [k, c, h, w]}
+
+
+def outside_unet_fraction(medians: dict[str, float], steps: int) -> float:
+    """Share of a call spent outside the UNet steps, from the stage medians (the issue's 15% target)."""
+    outside = sum(medians[s] for s in ("text", "vae_encoder", "sampler", "vae_decoder", "postprocess"))
+    return outside / (outside + steps * medians["unet_step"])

@@ -1,0 +1,1 @@
+"""Export to ONNX and TensorRT: installed as `icv_deploy.export`."""

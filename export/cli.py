@@ -1,0 +1,105 @@
+"""`icv-export`: ONNX export and TensorRT engine builds (DESIGN.md 7).
+
+    icv-export onnx --model MODEL --output onnx/ [--fp16] [--opset 17] [--no-verify]
+    icv-export build-engines --onnx onnx/ --output engines/ [--min-resolution 128 --opt-resolution 256 --max-resolution 512]
+    icv-export check onnx/                      # the runtime's manifest check, plus content hashes
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from icv_deploy.cli_common import debug_option, one_line_errors
+from icv_deploy.errors import IcvError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Export an InstructCV model to ONNX (ONNX Runtime) and build TensorRT fp16 engines."""
+
+
+@main.command("onnx")
+@click.option("--model", required=True, help="Diffusers-format model folder or Hugging Face hub id (8-channel UNet).")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="Folder to write (optimum layout plus manifest.json). An interrupted export resumes here.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(17, 20), help="ONNX opset.")
+@click.option("--fp16", is_flag=True,
+              help="fp16 weights and compute (for GPUs). Graph I/O stays float32; Softmax, the timestep embedding and "
+                   "the VAE (force_upcast) stay float32.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
+              help="Where the PyTorch modules run while tracing and verifying.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Run each graph in ONNX Runtime against PyTorch on random inputs; fail above the error bound "
+                   "(relative 1e-4 fp32, 5e-2 fp16).")
+@debug_option
+@one_line_errors
+def onnx_command(model, output, opset, fp16, device, verify):
+    """Export the text encoder, 8-channel UNet, VAE encoder (posterior mode) and VAE decoder to ONNX."""
+    from tqdm.auto import tqdm
+
+    from .onnx_export import export_onnx
+
+    manifest = export_onnx(model, output, opset=opset, fp16=fp16, device=device, check=verify,
+                           progress=tqdm, log=tqdm.write)
+    for name, entry in manifest["submodels"].items():
+        size = entry["bytes"] + (entry["external_data"]["bytes"] if entry["external_data"] else 0)
+        err = entry["max_rel_error"]
+        click.echo(f"{name:13s} {size / 1e6:9.1f} MB  {entry['precision']}"
+                   + (f"  relative error {err:.2e}" if err is not None else "  (not verified)"))
+    click.echo(f"wrote {output}")
+
+
+@main.command("build-engines")
+@click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), default=None,
+              help="An ONNX folder written by `icv-export onnx`.")
+@click.option("--model", default=None, help="Or a model folder / hub id: exported to OUTPUT/onnx first.")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="Engine folder to write.")
+@click.option("--min-resolution", default=128, show_default=True, help="Smallest image side (pixels) the engines take.")
+@click.option("--opt-resolution", default=256, show_default=True, help="Image side the engines are tuned for.")
+@click.option("--max-resolution", default=512, show_default=True, help="Largest image side (pixels) the engines take.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Images per call; the UNet profile covers 3 .. 3 x batch rows (guidance batch).")
+@click.option("--static", is_flag=True, help="Fix every shape at the opt resolution and batch (for CUDA graphs).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache to read and update (default: OUTPUT/timing.cache).")
+@debug_option
+@one_line_errors
+def build_engines_command(onnx_dir, model, output, min_resolution, opt_resolution, max_resolution, batch, static,
+                          timing_cache):
+    """Build TensorRT fp16 engines (one .plan per submodel) with an optimisation profile and metadata."""
+    from tqdm.auto import tqdm
+
+    from .engine import build_engines, require_tensorrt
+
+    if (onnx_dir is None) == (model is None):
+        raise IcvError("give exactly one of --onnx DIR or --model MODEL")
+    require_tensorrt()  # before any export work: fail in a second, with the install hint
+    if model is not None:
+        from .onnx_export import export_onnx
+
+        onnx_dir = output / "onnx"
+        export_onnx(model, onnx_dir, progress=tqdm, log=tqdm.write)
+    metadata = build_engines(onnx_dir, output, batch=batch, min_res=min_resolution, opt_res=opt_resolution,
+                             max_res=max_resolution, static=static, timing_cache=timing_cache, progress=tqdm,
+                             log=tqdm.write)
+    click.echo(f"wrote {output} (TensorRT {metadata['tensorrt_version']}, {metadata['gpu_name']})")
+
+
+@main.command("check")
+@click.argument("folder", type=click.Path(path_type=Path))
+@debug_option
+@one_line_errors
+def check_command(folder):
+    """Check an ONNX folder as the runtime does, plus every file's content hash."""
+    from icv_deploy.backends.onnx_backend import check_onnx_folder
+
+    manifest = check_onnx_folder(folder, verify_hashes=True)
+    click.echo(json.dumps({"folder": str(folder), "precision": manifest["precision"], "opset": manifest["opset"],
+                           "source_model": manifest["source_model"], "ok": True}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Writing the manifest of an exported ONNX folder (DESIGN.md 7); the check that refuses a folder is the runtime's.
+
+`manifest.json` sits at the folder root and records, per submodel, the graph file (and its one external-data
+file), its inputs and outputs (names, dtypes, shapes with symbolic batch/height/width), byte sizes and SHA-256
+content hashes, plus the opset, the precision (fp32 / fp16 weights; I/O is float32 either way), the source model
+and the sizes the runtime needs (`model_info`). The reading side (format, `graph_io`, `check_onnx_folder`) lives in
+`icv_deploy.backends.onnx_backend`, because the runtime must not import the exporter (DESIGN.md 2); it is
+re-exported here so exporter code and tests have one import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from icv_deploy.backends.onnx_backend import (  # noqa: F401  (re-exported)
+    COPIED_FOLDERS, FORMAT, FORMAT_VERSION, IO_DTYPE, MANIFEST_NAME, PRECISIONS, check_files, check_onnx_folder,
+    graph_io, info_from_manifest, read_manifest, sha256_file,
+)
+
+
+def source_hash(model_dir: Path) -> str:
+    """Hash of the source model's files: names, sizes and the first and last MiB of each.
+
+    Sampling keeps this fast for multi-GB weights while still changing with any re-trained checkpoint.
+    """
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(model_dir).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        size = path.stat().st_size
+        digest.update(f"{rel}:{size}\n".encode())
+        with open(path, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), 2)
+                digest.update(fh.read())
+    return digest.hexdigest()
+
+
+def file_entry(folder: Path, graph: Path) -> dict:
+    """Path, size and hash of a submodel's graph and (if any) of its one external-data file, relative to `folder`."""
+    data = graph.with_name(graph.name + "_data")
+    entry = {"path": graph.relative_to(folder).as_posix(), "bytes": graph.stat().st_size,
+             "sha256": sha256_file(graph), "external_data": None}
+    if data.exists():
+        entry["external_data"] = {"path": data.relative_to(folder).as_posix(), "bytes": data.stat().st_size,
+                                  "sha256": sha256_file(data)}
+    return entry
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
+    """Atomic JSON write, readable like the graphs beside it (the temporary file is created owner-only)."""
+    import os
+
+    from icv_deploy.atomic import write_json
+
+    write_json(path, manifest)
+    umask = os.umask(0)
+    os.umask(umask)
+    Path(path).chmod(0o666 & ~umask)

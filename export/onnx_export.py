@@ -1,0 +1,207 @@
+"""Export a diffusers-format InstructCV model to an ONNX folder (optimum layout, DESIGN.md 7).
+
+    out/model_index.json, manifest.json, tokenizer/, scheduler/
+    out/text_encoder/model.onnx + config.json      out/unet/model.onnx [+ model.onnx_data] + config.json
+    out/vae_encoder/model.onnx + config.json       out/vae_decoder/model.onnx + config.json
+
+Exporter choice: torch.onnx.export with `dynamo=False` (the TorchScript tracer). With torch 2.13 both exporters
+produce correct graphs with dynamic batch/height/width for these modules, but the tracer
+  * exports the full-size UNet in ~30 s at ~4.5 GB peak RSS (the module's own weights plus little more), writing
+    its weights straight to external files, where the dynamo exporter takes minutes;
+  * names output dimensions after the input axes ("height", "width"), where the dynamo exporter writes
+    expressions such as "2*(((height - 1)//2)) + 2" that TensorRT profiles and optimum users must then decode;
+  * is what optimum and TensorRT's demoDiffusion export Stable Diffusion with.
+Shapes the tracer might bake in are caught by verification at another (non-square) shape.
+
+Memory: one submodel is in memory at a time; the PyTorch reference for verification is computed before the module
+is freed and the ONNX Runtime session is created after. Each submodel folder is written under a temporary name and
+renamed when complete, and an interrupted export resumes from the finished submodels.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from icv_deploy import __version__
+from icv_deploy.atomic import write_json
+from icv_deploy.backends.torch_backend import model_info
+from icv_deploy.errors import IcvError
+from icv_deploy.model_files import check_diffusers_folder, read_json, resolve_model
+
+from . import manifest as mf
+from . import optimize, verify
+from .submodels import SOURCE_FOLDER, SUBMODEL_NAMES, load_module, submodels
+
+STATE_NAME = ".icv-export-state.json"
+OPSETS = range(17, 21)
+
+
+def size_multiple(model_dir: Path) -> int:
+    """Image sizes must be multiples of this: the VAE scale factor times the UNet's total downsampling."""
+    unet = read_json(model_dir / "unet" / "config.json")
+    info = model_info(model_dir)
+    return info.vae_scale_factor * 2 ** (len(unet["block_out_channels"]) - 1)
+
+
+def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str = "cpu", check: bool = True,
+                external_data_threshold: int = optimize.EXTERNAL_DATA_THRESHOLD, progress=None, log=print) -> dict:
+    """Export the four submodels of `model` into `output`; returns the manifest. `check` runs verification."""
+    if opset not in OPSETS:
+        raise IcvError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise IcvError(f"device {device}: no CUDA GPU visible to PyTorch (use --device cpu)")
+    model_dir = resolve_model(model)
+    check_diffusers_folder(model_dir)
+    output = Path(output)
+    info = model_info(model_dir)
+    precision = "fp16" if fp16 else "fp32"
+    vae_cfg = read_json(model_dir / "vae" / "config.json")
+    keep_vae_fp32 = bool(vae_cfg.get("force_upcast", True))
+    state = {
+        "source_model": str(model), "source_hash": mf.source_hash(model_dir), "opset": opset,
+        "precision": precision, "external_data_threshold": external_data_threshold, "done": {},
+    }
+    state["done"] = _resume_state(output, state)
+    mult = size_multiple(model_dir)
+    specs = submodels(info)
+
+    names = list(SUBMODEL_NAMES)
+    bar = progress(names, desc="export") if progress else names
+    for name in bar:
+        if name in state["done"]:
+            log(f"{name}: already exported, kept")
+            continue
+        sub_precision = "fp32" if (not fp16 or (name.startswith("vae") and keep_vae_fp32)) else "fp16"
+        started = time.perf_counter()
+        entry = _export_one(model_dir, output, specs[name], info, mult, opset, sub_precision, device, check,
+                            external_data_threshold)
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        state["done"][name] = entry
+        write_json(output / STATE_NAME, state)
+        err = entry.get("max_rel_error")
+        log(f"{name}: exported in {entry['seconds']} s" + (f", relative error {err:.2e}" if err is not None else ""))
+
+    for folder in mf.COPIED_FOLDERS:
+        _copy_tree(model_dir / folder, output / folder)
+    shutil.copyfile(model_dir / "model_index.json", output / "model_index.json")
+    manifest = {
+        "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "opset": opset, "precision": precision,
+        "io_dtype": mf.IO_DTYPE, "source_model": str(model), "source_hash": state["source_hash"],
+        "exporter": {"icv_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "method": "torch.onnx.export(dynamo=False)"},
+        "model_info": info.__dict__, "image_size_multiple": mult, "submodels": {},
+    }
+    io = mf.graph_io(info)
+    for name in SUBMODEL_NAMES:
+        graph = output / name / "model.onnx"
+        manifest["submodels"][name] = {
+            **mf.file_entry(output, graph),
+            "precision": state["done"][name]["precision"],
+            "inputs": io[name][0],
+            "outputs": io[name][1],
+            "max_rel_error": state["done"][name].get("max_rel_error"),
+            "export_seconds": state["done"][name]["seconds"],
+        }
+    mf.write_manifest(output / mf.MANIFEST_NAME, manifest)
+    (output / STATE_NAME).unlink(missing_ok=True)
+    return manifest
+
+
+def _export_one(model_dir, output, sub, info, mult, opset, precision, device, check, threshold) -> dict:
+    """Export, clean up, convert, save, check and verify one submodel; its folder appears only when complete."""
+    final = output / sub.name
+    work = output / f".{sub.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "raw").mkdir(parents=True)
+    graph = work / "model.onnx"
+    try:
+        module = load_module(model_dir, sub.name, device)
+        # Trace at a height that is NOT a multiple of the UNet's downsampling: diffusers then passes explicit
+        # upsample sizes (taken from the skip connections' shapes), which the trace records as shape arithmetic,
+        # so the graph is right for every size. (Traced at a multiple, it would bake in "upsample x2" and fail on
+        # the latent sizes the pipeline makes from images whose sides are only multiples of the VAE factor.)
+        f = info.vae_scale_factor
+        example = sub.random_inputs(2, 2 * mult + f, 2 * mult, info, seed=1)
+        raw = work / "raw" / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python branches; verification checks them
+            torch.onnx.export(
+                module, tuple(v.to(device) for v in example.values()), str(raw), dynamo=False,
+                input_names=sub.input_names, output_names=sub.output_names, dynamic_axes=sub.dynamic_axes(),
+                opset_version=opset, do_constant_folding=True,
+            )
+        # Verify at a shape the export never saw: another batch, non-square.
+        batch = 3 if sub.name in ("unet", "text_encoder") else 2
+        check_inputs = sub.random_inputs(batch, 3 * mult, 4 * mult + f, info, seed=2)
+        reference = verify.torch_reference(module, check_inputs) if check else None
+        del module
+        gc.collect()
+
+        big = sum(p.stat().st_size for p in raw.parent.iterdir()) > threshold
+        if big:  # by path: shape inference in memory (and onnxslim) cannot hold graphs over 2 GB in one protobuf
+            onnx.shape_inference.infer_shapes_path(str(raw), str(raw))
+        model = onnx.load(str(raw))
+        if not big:
+            model = optimize.clean_up(model)  # constant folding, shape inference, dead-code elimination
+        if precision == "fp16":
+            model = optimize.to_fp16(model)
+        optimize.save(model, graph, threshold)
+        del model
+        gc.collect()
+        shutil.rmtree(work / "raw")
+        onnx.checker.check_model(str(graph))  # by path: works with external data
+        shutil.copyfile(model_dir / SOURCE_FOLDER[sub.name] / "config.json", work / "config.json")
+        entry = {"precision": precision}
+        if check:
+            error = verify.relative_error(verify.onnx_output(graph, check_inputs), reference)
+            entry["max_rel_error"] = error
+            verify.check(sub.name, error, precision)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(work, final)
+        return entry
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _resume_state(output: Path, state: dict) -> dict:
+    """Submodels finished by an earlier run with the same source and options; refuse to clobber foreign folders."""
+    if not output.exists():
+        output.mkdir(parents=True)
+        return {}
+    if not output.is_dir():
+        raise IcvError(f"output {output}: exists and is not a folder")
+    previous_path = output / STATE_NAME
+    if previous_path.exists():
+        try:
+            previous = json.loads(previous_path.read_text())
+        except ValueError:
+            previous = {}  # a state file cut short: start over
+        same = all(previous.get(k) == state[k] for k in ("source_hash", "opset", "precision", "external_data_threshold"))
+        if same:
+            return {k: v for k, v in previous.get("done", {}).items() if (output / k / "model.onnx").exists()}
+        return {}
+    if (output / mf.MANIFEST_NAME).exists():
+        # A finished export of ours, overwritten: drop its manifest first, so that a crash half-way never leaves
+        # a folder of old and new graphs that still looks complete to the runtime.
+        (output / mf.MANIFEST_NAME).unlink()
+        return {}
+    if not any(output.iterdir()):
+        return {}
+    raise IcvError(f"output {output}: folder exists, is not empty and is not an icv-export folder: choose another")
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)

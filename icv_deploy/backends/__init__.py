@@ -1,0 +1,29 @@
+"""Backends: torch (eager), onnx (ONNX Runtime), trt (TensorRT). Each is imported only when asked for."""
+
+from __future__ import annotations
+
+from .base import Backend, ModelInfo
+
+ENGINES = ("torch", "onnx", "trt")
+
+
+def load_backend(path, engine: str = "torch", device: str = "cpu", dtype=None, **options) -> Backend:
+    """Open the backend `engine` over a model folder (torch), an ONNX folder (onnx) or an engine folder (trt)."""
+    from ..errors import IcvError
+
+    if engine == "torch":
+        from .torch_backend import TorchBackend
+
+        return TorchBackend.from_folder(path, device=device, dtype=dtype, **options)
+    if engine == "onnx":
+        from .onnx_backend import OnnxBackend
+
+        return OnnxBackend.from_folder(path, device=device, dtype=dtype, **options)
+    if engine == "trt":
+        from .trt_backend import TrtBackend
+
+        return TrtBackend.from_folder(path, device=device, dtype=dtype, **options)
+    raise IcvError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+__all__ = ["Backend", "ModelInfo", "ENGINES", "load_backend"]

@@ -1,0 +1,34 @@
+"""What every click CLI of the project shares: one-line errors (DESIGN.md 10) and a `--debug` switch."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from .errors import IcvError
+
+
+def debug_option(f):
+    return click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")(f)
+
+
+def one_line_errors(f):
+    """Turn IcvError (and the usual file errors) into `error: ...` on stderr and exit code 2, unless --debug."""
+
+    @functools.wraps(f)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except (IcvError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            if debug:
+                raise
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,108 @@
+"""Random-weight InstructCV models built from configs, saved as diffusers folders.
+
+No model hub is needed: tests use `make_tiny_model`, benchmarks `make_sd15_model` (the full Stable Diffusion 1.5
+InstructPix2Pix architecture: 859.5 M-parameter 8-channel UNet, CLIP ViT-L/14 text encoder, SD VAE), so timings
+measure the real cost. The folders have exactly the layout of `timbrooks/instruct-pix2pix` or
+`alaa-lab/InstructCV`, and load through the same code path (`icv_deploy.load`, diffusers' `from_pretrained`).
+
+    python -m icv_deploy.testing tiny /tmp/tiny-icv      # or: sd15 /tmp/sd15-random
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .clip_vocab import VOCAB_SIZE, save_clip_tokenizer
+
+# The scheduler that timbrooks/instruct-pix2pix and alaa-lab/InstructCV ship (Euler ancestral, SD 1.5 betas).
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "linspace",
+}
+
+SD15_UNET = dict(
+    sample_size=32, in_channels=8, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8,
+)
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=256, layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    scaling_factor=0.18215,
+)
+SD15_TEXT = dict(
+    vocab_size=VOCAB_SIZE, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+)
+
+
+def _tiny_configs(vae_levels: int) -> tuple[dict, dict, dict]:
+    unet = dict(
+        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    )
+    vae = dict(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+        block_out_channels=tuple([16, 32, 32, 32][:vae_levels]),
+        down_block_types=("DownEncoderBlock2D",) * vae_levels, up_block_types=("UpDecoderBlock2D",) * vae_levels,
+        norm_num_groups=8, scaling_factor=0.18215,
+    )
+    text = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32,
+    )
+    return unet, vae, text
+
+
+def build_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg: dict, seed: int = 0, tokenizer_dir: str | Path | None = None):
+    """A `StableDiffusionInstructPix2PixPipeline` with random weights drawn from `seed`."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**vae_cfg)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    if tokenizer_dir is None:
+        tokenizer_dir = save_clip_tokenizer(Path(tempfile.mkdtemp(prefix="icv-tok-")))
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    scheduler = EulerAncestralDiscreteScheduler(**SCHEDULER_CONFIG)
+    return StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def make_tiny_model(out_dir: str | Path, seed: int = 0, vae_levels: int = 2) -> Path:
+    """Save a tiny random 8-channel model (VAE scale factor 2 ** (vae_levels - 1), 2 by default: not 8)."""
+    out_dir = Path(out_dir)
+    pipe = build_pipeline(*_tiny_configs(vae_levels), seed=seed)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def make_sd15_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save the full SD 1.5 InstructPix2Pix architecture with random weights (about 4.3 GB in fp32)."""
+    out_dir = Path(out_dir)
+    pipe = build_pipeline(SD15_UNET, SD15_VAE, SD15_TEXT, seed=seed)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+if __name__ == "__main__":
+    kind, out = sys.argv[1], sys.argv[2]
+    print({"tiny": make_tiny_model, "sd15": make_sd15_model}[kind](out))

@@ -1,0 +1,34 @@
+"""Shared fixtures: random-weight models built from configs (no model hub), small images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random 8-channel model whose VAE scale factor is 2 (not 8)."""
+    from icv_deploy.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0, vae_levels=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_f4(tmp_path_factory):
+    """The same, with a VAE scale factor of 4."""
+    from icv_deploy.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-f4", seed=1, vae_levels=3)
+
+
+@pytest.fixture
+def scene_image():
+    """A non-square 60x84 RGB image with some structure (sky, ground, an object)."""
+    rng = np.random.default_rng(7)
+    img = np.zeros((60, 84, 3), np.uint8)
+    img[:25] = (120, 170, 230)
+    img[25:] = (90, 140, 60)
+    img[30:50, 20:45] = (200, 40, 40)
+    noise = rng.integers(-12, 13, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)

@@ -1,0 +1,36 @@
+"""Model folders and hub ids: found, checked, and refused with one clear line (DESIGN.md 3, 10)."""
+
+from __future__ import annotations
+
+import pytest
+
+from icv_deploy.backends.torch_backend import model_info
+from icv_deploy.errors import ModelFilesError
+from icv_deploy.model_files import check_diffusers_folder, resolve_model
+
+
+def test_hub_id_offline_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFilesError) as err:
+        resolve_model("alaa-lab/InstructCV")
+    assert "could not be fetched from the hub" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_paths_that_are_not_folders(tmp_path):
+    with pytest.raises(ModelFilesError, match="no such folder"):
+        resolve_model(tmp_path / "a" / "b" / "c")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ModelFilesError, match="not a folder"):
+        resolve_model(tmp_path / "f.txt")
+
+
+def test_tiny_model_folder_is_valid_and_reports_its_scale_factor(tiny_model, tiny_model_f4):
+    check_diffusers_folder(tiny_model)
+    assert model_info(tiny_model).vae_scale_factor == 2
+    assert model_info(tiny_model_f4).vae_scale_factor == 4
+    assert model_info(tiny_model).unet_in_channels == 8
+
+
+def test_folder_without_model_index(tmp_path):
+    with pytest.raises(ModelFilesError, match="model_index.json"):
+        check_diffusers_folder(tmp_path)

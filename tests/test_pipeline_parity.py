@@ -1,0 +1,88 @@
+"""The torch backend reproduces diffusers' StableDiffusionInstructPix2PixPipeline (DESIGN.md 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import icv_deploy
+
+
+def diffusers_visual(model_dir, image, instruction, steps, seed, scheduler=None, gs=7.5, igs=1.5):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(model_dir, safety_checker=None)
+    if scheduler is not None:
+        ref.scheduler = scheduler.from_config(ref.scheduler.config, **({"use_karras_sigmas": True} if "DPM" in scheduler.__name__ else {}))
+    ref.set_progress_bar_config(disable=True)
+    out = ref(instruction, image=Image.fromarray(image), num_inference_steps=steps, guidance_scale=gs,
+              image_guidance_scale=igs, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    return out * 255.0
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_model_f4"])
+def test_euler_a_matches_diffusers(request, model_fixture, scene_image):
+    model_dir = request.getfixturevalue(model_fixture)
+    pipe = icv_deploy.load(model_dir)
+    pipe.progress = False
+    # resolution=None keeps the (already multiple-of-f) size, so both pipelines see the same pixels
+    res = pipe(scene_image, "Segment the red box", steps=12, sampler="euler_a", seed=3, resolution=None)
+    ref = diffusers_visual(model_dir, scene_image, "Segment the red box", steps=12, seed=3)
+    assert res.visual.shape == ref.shape == scene_image.shape
+    assert np.abs(res.visual.astype(np.float64) - ref).max() <= 2.0
+    assert res.visual.std() > 5  # a real picture, not a constant
+
+
+def test_guidance_scales_are_passed_through(tiny_model, scene_image):
+    pipe = icv_deploy.load(tiny_model)
+    pipe.progress = False
+    res = pipe(scene_image, "Detect the box", steps=6, seed=1, guidance_scale=3.0, image_guidance_scale=2.5, resolution=None)
+    ref = diffusers_visual(tiny_model, scene_image, "Detect the box", steps=6, seed=1, gs=3.0, igs=2.5)
+    assert np.abs(res.visual.astype(np.float64) - ref).max() <= 2.0
+    other = pipe(scene_image, "Detect the box", steps=6, seed=1, resolution=None)
+    assert np.abs(other.visual.astype(np.float64) - ref).max() > 2.0  # the scales matter
+
+
+def test_euler_matches_diffusers_euler_discrete(tiny_model, scene_image):
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = icv_deploy.load(tiny_model)
+    pipe.progress = False
+    res = pipe(scene_image, "Create a monocular depth map", steps=8, sampler="euler", seed=5, resolution=None)
+    ref = diffusers_visual(tiny_model, scene_image, "Create a monocular depth map", steps=8, seed=5, scheduler=EulerDiscreteScheduler)
+    assert np.abs(res.visual.astype(np.float64) - ref).max() <= 2.0
+
+
+def test_dpmpp_2m_close_to_diffusers_dpmsolver(tiny_model, scene_image):
+    """diffusers' DPM-Solver++ 2M (Karras) rounds its timesteps to integers and starts from unit-variance VP
+    noise; the math is otherwise the same, so the pictures agree closely but not bit for bit."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = icv_deploy.load(tiny_model)
+    pipe.progress = False
+    res = pipe(scene_image, "Segment the sky", steps=10, sampler="dpmpp_2m", seed=2, resolution=None)
+    ref = diffusers_visual(tiny_model, scene_image, "Segment the sky", steps=10, seed=2, scheduler=DPMSolverMultistepScheduler)
+    diff = np.abs(res.visual.astype(np.float64) - ref)
+    assert diff.mean() < 1.0 and diff.max() <= 8.0
+
+
+def test_several_instructions_equal_single_runs(tiny_model, scene_image):
+    pipe = icv_deploy.load(tiny_model)
+    pipe.progress = False
+    texts = ["Segment the box", "Detect the box", "Create a monocular depth map"]
+    batched = pipe.run_many(scene_image, texts, steps=5, seed=9, resolution=None)
+    for text, res in zip(texts, batched):
+        alone = pipe(scene_image, text, steps=5, seed=9, resolution=None)
+        assert np.abs(res.visual.astype(int) - alone.visual.astype(int)).max() <= 1
+    assert [r.task for r in batched] == ["segmentation", "detection", "depth"]
+
+
+def test_resolution_resizes_long_side_to_multiple_of_scale_factor(tiny_model_f4, scene_image):
+    pipe = icv_deploy.load(tiny_model_f4)
+    pipe.progress = False
+    res = pipe(scene_image, "Segment the box", steps=2, resolution=50)
+    # 84x60 -> long side 50: 50 x 35.7 -> rounded 50 x 36 -> multiples of 4: 48 x 36 (W x H)
+    assert res.visual.shape == (36, 48, 3)
+    assert res.mask.shape == scene_image.shape[:2]  # answers come back at the input size

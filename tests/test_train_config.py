@@ -1,0 +1,103 @@
+"""Training pieces that need no model: configs, paired augmentation, data order, dropout, checkpoint listing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from icv_deploy.errors import IcvError
+from icv_deploy.training.augment import example_rng, paired_augment
+from icv_deploy.training.config import TrainConfig, load_config, parse_set, shipped_configs
+from icv_deploy.training.train import dropout_masks
+from icv_deploy.training.train_checkpoints import find_resume_checkpoint, list_checkpoints
+from icv_deploy.training.train_data import EpochShuffleSampler
+
+
+def test_shipped_configs_hold_the_paper_recipe():
+    assert {"instructcv-fp", "instructcv-rp", "tiny"} <= set(shipped_configs())
+    for name in ("instructcv-fp", "instructcv-rp"):
+        cfg = load_config(name)
+        assert cfg.learning_rate == pytest.approx(1e-4) and isinstance(cfg.learning_rate, float)
+        assert (cfg.lr_scheduler, cfg.lr_warmup_steps) == ("constant", 0)
+        assert (cfg.resolution, cfg.resize_min, cfg.resize_max, cfg.random_flip) == (256, 256, 288, True)
+        assert (cfg.total_batch_size, cfg.num_epochs, cfg.use_ema, cfg.mixed_precision) == (128, 20, True, "fp16")
+        assert cfg.conditioning_dropout_prob == pytest.approx(0.05)
+    tiny = load_config("tiny")
+    assert tiny.base_model == "random:tiny" and tiny.mixed_precision == "no"
+
+
+def test_overrides_win_and_bad_keys_are_one_line_errors(tmp_path):
+    cfg = load_config("tiny", {"max_steps": 7, "learning_rate": None, **parse_set(["seed=3", "runtime={steps: 5}"])})
+    assert (cfg.max_steps, cfg.seed, cfg.learning_rate) == (7, 3, load_config("tiny").learning_rate)
+    assert cfg.runtime["steps"] == 5 and cfg.runtime["sampler"] == "euler_a"  # merged with the defaults
+    path = tmp_path / "mine.yaml"
+    path.write_text("learning_rate: 3e-5\nresolution: 64\nresize_min: 64\nresize_max: 72\n")
+    assert load_config(path).learning_rate == pytest.approx(3e-5)
+    with pytest.raises(IcvError, match="unknown config key"):
+        load_config(None, {"learning_rat": 1.0})
+    with pytest.raises(IcvError, match="no shipped config"):
+        load_config("no-such-config")
+    with pytest.raises(IcvError, match="resize_min"):
+        TrainConfig(resolution=256, resize_min=200).check()
+
+
+def _picture(seed: int, size=(40, 30)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_paired_augment_moves_input_and_target_together():
+    image = _picture(0)
+    inverse = Image.fromarray(255 - np.asarray(image))
+    flips = set()
+    for index in range(12):
+        a, b = paired_augment(image, image, example_rng(1, 0, index), resolution=24, resize_min=24, resize_max=32)
+        assert a.shape == (3, 24, 24) and torch.equal(a, b)
+        # A pixel-wise transform of the target commutes with the geometric transform up to resampling rounding.
+        c, d = paired_augment(image, inverse, example_rng(1, 0, index), resolution=24, resize_min=24, resize_max=32)
+        assert torch.allclose(c, -d, atol=2.5 / 127.5)
+        # Reference: PIL resize of the whole picture, then the crop is somewhere inside it (maybe mirrored).
+        size = int(example_rng(1, 0, index).integers(24, 33))
+        full = torch.from_numpy(np.asarray(image.resize((size, size), Image.Resampling.LANCZOS), np.float32))
+        full = full.permute(2, 0, 1) / 127.5 - 1
+        found = [f for f in (False, True) for y in range(size - 23) for x in range(size - 23)
+                 if torch.equal((full.flip(-1) if f else full)[:, y:y + 24, x:x + 24], a)]
+        assert found, "the crop is not a window of the resized picture"
+        flips.add(found[0])
+    assert flips == {False, True}  # both branches of the random flip were taken
+    again, _ = paired_augment(image, image, example_rng(1, 0, 5), resolution=24, resize_min=24, resize_max=32)
+    other, _ = paired_augment(image, image, example_rng(1, 1, 5), resolution=24, resize_min=24, resize_max=32)
+    first, _ = paired_augment(image, image, example_rng(1, 0, 5), resolution=24, resize_min=24, resize_max=32)
+    assert torch.equal(again, first) and not torch.equal(again, other)
+
+
+def test_sampler_is_a_seeded_permutation_per_epoch():
+    sampler = EpochShuffleSampler(50, seed=4)
+    first = list(sampler)
+    assert sorted(first) == list(range(50)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == list(range(50))
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+
+
+def test_conditioning_dropout_shares():
+    u = torch.rand(400_000, generator=torch.Generator().manual_seed(0))
+    drop_text, drop_image = dropout_masks(u, 0.05)
+    shares = [(drop_text & ~drop_image).float().mean(), (~drop_text & drop_image).float().mean(),
+              (drop_text & drop_image).float().mean(), (~drop_text & ~drop_image).float().mean()]
+    assert [round(float(s), 2) for s in shares] == [0.05, 0.05, 0.05, 0.85]
+
+
+def test_only_complete_checkpoints_count(tmp_path):
+    for step in (4, 12, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "training_state.json").write_text("{}")
+    (tmp_path / "checkpoint-16").mkdir()  # no state file: written while the run was killed
+    (tmp_path / ".checkpoint-20.tmp").mkdir()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 8, 12]
+    assert find_resume_checkpoint(tmp_path, "latest").name == "checkpoint-12"
+    assert find_resume_checkpoint(tmp_path / "none", "latest") is None
+    with pytest.raises(IcvError, match="not a complete checkpoint"):
+        find_resume_checkpoint(tmp_path, str(tmp_path / "checkpoint-16"))

@@ -1,0 +1,1 @@
+"""Instruction-tuning data and training: installed as `icv_deploy.training`."""

@@ -1,0 +1,141 @@
+"""Training configuration: a YAML file (or a shipped config by name) plus command-line overrides.
+
+    cfg = load_config("tiny", overrides={"max_steps": 10}, output="runs/demo")
+
+Shipped configs live in `training/configs/<name>.yaml`: `instructcv-fp` and `instructcv-rp` (the paper's recipe,
+fixed or rephrased prompts) and `tiny` (CPU tests and the demo model). Every field below may appear in a YAML
+file and be overridden on the command line (`--set key=value`, or the named options of `icv-train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from icv_deploy.errors import IcvError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    # What to start from and what to train on.
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # folder or hub id; "random:tiny" = random tiny model
+    data: str | None = None  # an `icv-data build` folder (datasets.save_to_disk)
+    output: str = "icv-train-output"  # checkpoints/, logs/, validation/ and the final model/ go here
+    max_train_samples: int | None = None  # use only the first N examples (quick runs)
+
+    # Pictures: resize the short side to a random size in [resize_min, resize_max], crop `resolution`, maybe flip.
+    resolution: int = 256
+    resize_min: int = 256
+    resize_max: int = 288
+    random_flip: bool = True
+
+    # Optimisation (paper: AdamW, lr 1e-4 constant without warm-up, total batch 128, 20 epochs).
+    train_batch_size: int = 16  # per process
+    total_batch_size: int | None = None  # per_process * processes * accumulation; None = no accumulation
+    num_epochs: int = 20
+    max_steps: int | None = None  # optimizer steps; overrides num_epochs when set
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    conditioning_dropout_prob: float = 0.05  # text only, image only and both: each this share of the examples
+    use_ema: bool = True
+    ema_decay: float = 0.9999
+    train_text_encoder: bool = False
+    gradient_checkpointing: bool = False
+    mixed_precision: str | None = None  # "no", "fp16", "bf16"; None = what `accelerate launch` says
+    seed: int = 42
+    dataloader_num_workers: int = 0
+
+    # Bookkeeping.
+    checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = none)
+    checkpoints_keep: int = 3
+    validation_every: int = 500  # optimizer steps between validation grids (0 = only at the end)
+    validation_per_task: int = 1  # fixed examples of each task in the grid
+    validation_sampler_steps: int = 20
+    log_every: int = 1
+    report_to: str = "tensorboard"  # an accelerate tracker name, or "none"
+    save_ema_weights: bool = True  # the final model holds the EMA weights (when use_ema)
+
+    # Runtime defaults written to the final model's icv_config.json (its resolution: `resolution` unless set here).
+    runtime: dict = field(default_factory=lambda: {
+        "sampler": "euler_a", "steps": 100,
+        "guidance_scale": 7.5, "image_guidance_scale": 1.5, "box_color": [0, 0, 255],
+    })
+
+    def check(self) -> "TrainConfig":
+        if self.resize_min < self.resolution or self.resize_max < self.resize_min:
+            raise IcvError(f"need resolution <= resize_min <= resize_max, got {self.resolution}, "
+                           f"{self.resize_min}, {self.resize_max}")
+        if self.train_batch_size < 1:
+            raise IcvError(f"train_batch_size must be at least 1, got {self.train_batch_size}")
+        if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
+            raise IcvError(f"conditioning_dropout_prob must lie in [0, 1/3], got {self.conditioning_dropout_prob}")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise IcvError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_config_file(name_or_path: str | Path) -> dict:
+    """The mapping in a YAML file, or in the shipped config of that name."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise IcvError(f"config {name_or_path}: no such file and no shipped config of that name "
+                           f"(shipped: {', '.join(shipped_configs())})")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise IcvError(f"config {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(values, dict):
+        raise IcvError(f"config {path}: expected a mapping of settings, got {type(values).__name__}")
+    return values
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict:
+    """`["key=value", ...]` with YAML values (numbers, booleans, null, lists) into a dict."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise IcvError(f"--set {item}: expected key=value")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults, then the config file, then the overrides (keys with value None are ignored)."""
+    values = read_config_file(name_or_path) if name_or_path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise IcvError(f"unknown config key(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
+    for key, value in values.items():  # YAML reads "1e-4" as a string: numbers where the default is a float
+        if isinstance(FIELDS[key].default, float) and isinstance(value, (str, int)) and not isinstance(value, bool):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise IcvError(f"config key {key}: expected a number, got {value!r}") from None
+    if "runtime" in values:
+        values["runtime"] = {**TrainConfig().runtime, **(values["runtime"] or {})}
+    return TrainConfig(**values).check()
