@@ -52,12 +52,7 @@ def file_entry(folder: Path, graph: Path) -> dict:
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
-    """Atomic JSON write, readable like the graphs beside it (the temporary file is created owner-only)."""
-    import os
-
+    """Atomic JSON write (icv_deploy.atomic gives it the usual permissions)."""
     from icv_deploy.atomic import write_json
 
     write_json(path, manifest)
-    umask = os.umask(0)
-    os.umask(umask)
-    Path(path).chmod(0o666 & ~umask)

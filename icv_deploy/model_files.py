@@ -13,7 +13,9 @@ from pathlib import Path
 from .errors import ModelFilesError
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors", "tokenizer/*", "scheduler/*"]
+# Only the diffusers component folders: hub repos also hold multi-GB single-file checkpoints and fp16 copies.
+HUB_PATTERNS = ["model_index.json", "icv_config.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.h5"]
 
 
 def resolve_model(model: str | Path) -> Path:
@@ -29,7 +31,7 @@ def resolve_model(model: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, ignore_patterns=HUB_IGNORE))
     except Exception as exc:  # offline, unknown id, gated repo: one line either way
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFilesError(f"model {model}: not a local folder and could not be fetched from the hub ({reason})") from None

@@ -47,7 +47,7 @@ SD15_TEXT = dict(
 )
 
 
-def _tiny_configs(vae_levels: int) -> tuple[dict, dict, dict]:
+def tiny_configs(vae_levels: int) -> tuple[dict, dict, dict]:
     unet = dict(
         sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -90,7 +90,7 @@ def build_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg: dict, seed: int = 0,
 def make_tiny_model(out_dir: str | Path, seed: int = 0, vae_levels: int = 2) -> Path:
     """Save a tiny random 8-channel model (VAE scale factor 2 ** (vae_levels - 1), 2 by default: not 8)."""
     out_dir = Path(out_dir)
-    pipe = build_pipeline(*_tiny_configs(vae_levels), seed=seed)
+    pipe = build_pipeline(*tiny_configs(vae_levels), seed=seed)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 

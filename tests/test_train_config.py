@@ -101,3 +101,45 @@ def test_only_complete_checkpoints_count(tmp_path):
     assert find_resume_checkpoint(tmp_path / "none", "latest") is None
     with pytest.raises(IcvError, match="not a complete checkpoint"):
         find_resume_checkpoint(tmp_path, str(tmp_path / "checkpoint-16"))
+
+
+def test_cli_bad_input_is_a_one_line_error(tmp_path):
+    from click.testing import CliRunner
+
+    from icv_deploy.training.train import main
+
+    not_a_dataset = tmp_path / "empty"
+    not_a_dataset.mkdir()
+    for args, message in [
+        (["--config", "tiny", "--data", str(tmp_path / "missing")], "no such folder"),
+        (["--config", "tiny", "--data", str(not_a_dataset)], "not a saved `datasets` dataset"),
+        (["--config", "tiny"], "no training data"),
+        (["--config", "tiny", "--set", "learning_rate"], "expected key=value"),
+    ]:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+
+
+def test_open_dataset_checks_columns_and_caps_samples(tmp_path):
+    import datasets
+
+    from icv_deploy.training.train_data import open_dataset, validation_indices
+
+    pictures = [_picture(i, (8, 8)) for i in range(5)]
+    rows = {"input_image": pictures, "edit_prompt": ["Segment the cat"] * 5, "edited_image": pictures,
+            "task": ["depth", "segmentation", "depth", "detection", "segmentation"], "category": [None, "cat", None, "dog", "cat"],
+            "source": ["fixture"] * 5, "image_id": [str(i) for i in range(5)]}
+    ds = datasets.Dataset.from_dict(rows).cast_column("input_image", datasets.Image()).cast_column("edited_image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "flat"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "splits"))
+    ds.remove_columns(["edited_image"]).save_to_disk(str(tmp_path / "no-target"))
+
+    assert len(open_dataset(tmp_path / "flat")) == 5 and len(open_dataset(tmp_path / "splits")) == 5
+    capped = open_dataset(tmp_path / "flat", max_train_samples=3)
+    assert len(capped) == 3 and capped["image_id"] == ["0", "1", "2"]
+    assert validation_indices(open_dataset(tmp_path / "flat"), 1) == [0, 1, 3]  # first example of each task
+    assert validation_indices(open_dataset(tmp_path / "flat"), 2) == [0, 2, 1, 4, 3]
+    with pytest.raises(IcvError, match="missing column.*edited_image"):
+        open_dataset(tmp_path / "no-target")

@@ -13,9 +13,9 @@ def _save_text_to_image_model(folder, in_channels=4):
     """A tiny random Stable Diffusion text-to-image folder (4-channel UNet), as the SD 1.5 hub folder is laid out."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from icv_deploy.testing import SCHEDULER_CONFIG, _tiny_configs, build_pipeline
+    from icv_deploy.testing import SCHEDULER_CONFIG, tiny_configs, build_pipeline
 
-    unet_cfg, vae_cfg, text_cfg = _tiny_configs(2)
+    unet_cfg, vae_cfg, text_cfg = tiny_configs(2)
     donor = build_pipeline({**unet_cfg, "in_channels": in_channels}, vae_cfg, text_cfg, seed=3)
     with torch.no_grad():  # random biases everywhere, so that a lost conv_in bias shows
         donor.unet.conv_in.bias.normal_()

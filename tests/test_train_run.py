@@ -161,6 +161,10 @@ def test_overfit_then_resume_reproduces_the_loss_curve(data_dir, tmp_path, one_t
 
     raw = load_file(output / "checkpoints" / "checkpoint-120" / "model.safetensors")
     assert not torch.equal(saved.conv_in.weight, raw["conv_in.weight"])
+    ema_state = torch.load(output / "checkpoints" / "checkpoint-120" / "custom_checkpoint_0.pkl", weights_only=False)
+    shadow = ema_state["shadow_params"]
+    assert len(shadow) == len(list(saved.parameters()))
+    assert all(torch.equal(p, s.cpu()) for p, s in zip(saved.parameters(), shadow))
 
     # Resume from the mid-epoch checkpoint-30 in a fresh folder: the same losses at the same steps.
     resumed = tmp_path / "resumed"

@@ -259,8 +259,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint(accelerator, output / "checkpoints", step, state, cfg.checkpoints_keep)
             if cfg.validation_every and step % cfg.validation_every == 0:
-                validate()
-            accelerator.wait_for_everyone()
+                validate()  # main process only; the others wait here
+                accelerator.wait_for_everyone()
             if step >= max_steps:
                 break
     progress.close()
@@ -330,7 +330,7 @@ def main(config_name, resume, set_items, **options):
     """Fine-tune Stable Diffusion into an 8-channel InstructCV model.
 
     Settings come from --config (a YAML file or a shipped config), then from the options below.
-    Run it under `accelerate launch` for several GPUs or machines (DDP, FSDP, DeepSpeed):
+    Run it under `accelerate launch` for several GPUs or machines (tested with DDP):
 
     \b
       icv-train --config tiny --data data/demo --output runs/tiny

@@ -13,28 +13,19 @@ Engine I/O is float32 (int64 token ids) like the ONNX graphs; the engines comput
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from ..errors import IcvError, ModelFilesError
 from .base import ModelInfo
-from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, info_from_manifest, read_manifest
+from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, info_from_manifest, read_manifest, sha256_file
 
 METADATA_NAME = "engines.json"
 FORMAT = "icv-deploy-tensorrt"
 FORMAT_VERSION = 1
 REBUILD_HINT = "rebuild them on this machine with `icv-export build-engines --onnx ONNX_DIR --output DIR`"
 INSTALL_HINT = "pip install 'icv-deploy[gpu]' on a machine with an NVIDIA GPU and CUDA"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- pure checks (no TensorRT, no GPU) --------------------------------------------------------------------------
