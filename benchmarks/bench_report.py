@@ -145,7 +145,7 @@ def write_plot(doc: dict, path) -> None:
         starts = [a + b for a, b in zip(starts, widths)]
     right.set_xlabel("ms (stage medians)")
     right.set_title(f"where the time goes ({steps} steps)")
-    right.legend(fontsize=7, loc="lower right")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)

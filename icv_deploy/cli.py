@@ -49,7 +49,6 @@ def setup_logging() -> None:
     logger = logging.getLogger("icv_deploy")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING)
-    logger.propagate = False
 
 
 EPILOG = """\b

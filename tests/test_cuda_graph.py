@@ -76,6 +76,7 @@ def test_torch_backend_fast_options_on_cpu_keep_outputs(tiny_model):
     torch.testing.assert_close(fast.encode_image(pixels), plain.encode_image(pixels), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_graphed_call_of_the_real_unet_with_eager_record(tiny_model):
     """The backend's UNet call through GraphedCall's buffers (CPU stand-in for capture) equals eager, step after step."""
     from icv_deploy.backends.torch_backend import TorchBackend
