@@ -118,6 +118,7 @@ def print_table(doc: dict, console=None) -> None:
 def write_plot(doc: dict, path) -> None:
     """Left: time per call, log scale, baseline included. Right: where an engine's call goes, stacked."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -133,6 +134,10 @@ def write_plot(doc: dict, path) -> None:
         values.append(doc["baseline_ms"])
     left.barh(names, values, color=["tab:blue"] * len(engines) + ["tab:gray"] * (len(names) - len(engines)))
     left.set_xscale("log")
+    left.set_xlim(min(values) / 3, max(values) * 3)
+    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on a log axis
+    for y, value in enumerate(values):
+        left.text(value, y, f" {value / 1000:.3g} s", va="center", fontsize=8)
     left.set_xlabel("ms per call (log)")
     left.set_title("end to end")
     steps = doc["settings"]["steps"]
