@@ -24,7 +24,10 @@ def default_model() -> str | None:
     return str(BUNDLED_MODEL) if (BUNDLED_MODEL / "model_index.json").exists() else None
 
 
-def parse_resolution(value: str) -> int | None:
+def parse_resolution(value: str | None):
+    """None (not given) -> the model's default (Ellipsis for the pipeline); 'native' -> the input size."""
+    if value is None:
+        return ...
     if value.lower() in ("none", "native", "input"):
         return None
     if not value.isdigit() or int(value) < 16:
@@ -77,7 +80,8 @@ the raw answer (mask.png, boxes.json, depth.npy + 16-bit depth.png in mm) and re
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--guidance-scale", type=float, default=None, help="Text guidance s_T [default 7.5].")
 @click.option("--image-guidance-scale", type=float, default=None, help="Image guidance s_I [default 1.5].")
-@click.option("--resolution", default="256", show_default=True, help="Long side the model works at, or 'native' (input size).")
+@click.option("--resolution", default=None,
+              help="Long side the model works at, or 'native' (input size) [default: the model's, else 256].")
 @click.option("--task", type=click.Choice(["segmentation", "detection", "depth", "classification"]), default=None,
               help="Force the task instead of reading it from the instruction.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("icv-output"), show_default=True,

@@ -91,3 +91,14 @@ def test_working_size():
 def test_tensor_round_trip():
     arr = rgb()
     np.testing.assert_array_equal(to_uint8(to_tensor(arr))[0], arr)
+
+
+def test_absurdly_large_images_are_refused(tmp_path, monkeypatch):
+    import icv_deploy.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)
+    Image.fromarray(rgb(200, 300)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="pixels"):
+        load_image(tmp_path / "big.png")
+    with pytest.raises(ImageError, match="absurdly large"):
+        load_image(rgb(200, 300))
