@@ -170,23 +170,18 @@ def _import_ort():
     return onnxruntime
 
 
-def session_options(graph_optimization: str = "all", intra_op_threads: int | None = None,
-                    inter_op_threads: int | None = None):
-    ort = _import_ort()
+def session_options(submodel: str, device: torch.device, graph_optimization: str = "all",
+                    intra_op_threads: int | None = None, inter_op_threads: int | None = None):
+    """The tuned options of `ort_tuning` (threads per core, sequential execution, memory pattern, ...),
+    with the level of graph optimisation and the thread counts a user may set."""
+    from .ort_tuning import session_options as tuned_options
+
     if graph_optimization not in GRAPH_OPTIMIZATION:
         raise IcvError(f"graph_optimization {graph_optimization!r}: choose one of {', '.join(GRAPH_OPTIMIZATION)}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[graph_optimization]
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = int(intra_op_threads)
+    level = "none" if graph_optimization == "disable" else graph_optimization
+    options = tuned_options(submodel, device.type, threads=intra_op_threads, optimization=level)
     if inter_op_threads is not None:
         options.inter_op_num_threads = int(inter_op_threads)
-    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
     return options
 
 
@@ -242,10 +237,10 @@ class OnnxBackend:
         manifest = check_onnx_folder(folder, precision=PRECISION_NAMES[dtype], verify_hashes=verify_hashes)
         device = torch.device(device)
         providers = providers or providers_for(device)
-        options = session_options(graph_optimization, intra_op_threads, inter_op_threads)
         sessions = {}
         for name in SUBMODEL_NAMES:
             entry = manifest["submodels"][name]
+            options = session_options(name, device, graph_optimization, intra_op_threads, inter_op_threads)
             try:
                 session = ort.InferenceSession(str(folder / entry["path"]), options, providers=providers)
             except Exception as exc:  # ORT reports broken graphs as assorted exception types
