@@ -40,13 +40,7 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def setup_logging() -> None:
-    """Warnings as `warning: ...` lines on stderr; the libraries' loading bars and chatter silenced."""
-    import diffusers
-    import transformers
-
-    for lib in (diffusers, transformers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
+    """Warnings as `warning: ...` lines on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("warning: %(message)s"))
     logger = logging.getLogger("icv_deploy")

@@ -14,11 +14,24 @@ def debug_option(f):
     return click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")(f)
 
 
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' loading bars and chatter: our CLIs report their own progress."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
 def one_line_errors(f):
-    """Turn IcvError (and the usual file errors) into `error: ...` on stderr and exit code 2, unless --debug."""
+    """Turn IcvError (and the usual file errors) into `error: ...` on stderr and exit code 2, unless --debug.
+    Also quiets the libraries' own logging unless --debug."""
 
     @functools.wraps(f)
     def wrapper(*args, debug: bool = False, **kwargs):
+        if not debug:
+            quiet_libraries()
         try:
             return f(*args, **kwargs)
         except (IcvError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
