@@ -23,7 +23,7 @@ from icv_deploy.tasks.encodings import encode_classification, encode_depth, enco
 
 pytestmark = pytest.mark.slow
 
-# 16 px pictures (latents 8x8 with the tiny VAE's scale factor 2), no tensorboard, no intermediate grids.
+# 16 px pictures (latents 4x4 with the tiny VAE's scale factor 4), no tensorboard, no intermediate grids.
 FAST = ["--set", "resolution=16", "--set", "resize_min=16", "--set", "resize_max=18", "--set", "validation_sampler_steps=2"]
 NO_TENSORBOARD = ["--set", "report_to=none"]
 FAST_CFG = dict(resolution=16, resize_min=16, resize_max=18, report_to="none", validation_sampler_steps=2)
