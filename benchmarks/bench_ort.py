@@ -37,14 +37,15 @@ def pinned_entry(entry: dict, dims: dict | None) -> dict:
 
 
 def tuned_onnx_backend(folder: Path, device: str = "cpu", batch_instructions: int = 1, height: int = 256,
-                       width: int = 256, static: bool = True, threads: int | None = None):
+                       width: int = 256, static: bool = True, threads: int | None = None, vae: str | None = None):
     import onnxruntime as ort
 
     from icv_deploy.backends.onnx_backend import (SUBMODEL_NAMES, OnnxBackend, check_onnx_folder, check_session,
-                                                  info_from_manifest, providers_for)
+                                                  check_vae_choice, folder_vae, info_from_manifest, providers_for)
 
     folder = Path(folder)
     manifest = check_onnx_folder(folder)
+    check_vae_choice(folder_vae(manifest), vae, folder)
     info = info_from_manifest(manifest, folder)
     device = torch.device(device)
     shapes = call_shapes(info, batch_instructions, height, width)

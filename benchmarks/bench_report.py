@@ -68,6 +68,7 @@ def engine_entry(engine: str, measured: dict, steps: int, baseline_ms: float | N
         "outside_unet_fraction": round(outside_unet_fraction(medians, steps), 4),
         "stages": {s: timings[s].summary() for s in STAGES},
         "memory": measured["memory"], "latent_shape": measured["latent_shape"], "options": options,
+        "vae": measured["results"][0].settings.get("vae") if measured["results"] else None,  # what the backend used
     }
 
 

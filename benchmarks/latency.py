@@ -13,6 +13,10 @@ from a CUDA graph; --compile adds torch.compile), onnx (the runtime's OnnxBacken
 onnx-tuned (the same backend with ort_tuning's session options and static shapes), trt (needs --trt-model). `--model sd15-random` builds the full-size SD 1.5
 InstructPix2Pix architecture with random weights once into the cache folder (4.3 GB) and reuses it; onnx
 engines export it once beside it (`icv-export onnx`).
+
+`--vae tiny` times the engines with the tiny autoencoder (diffusers' AutoencoderTiny, TAESD) from the model's
+`vae_tiny/` instead of the SD VAE (sd15-random gets a random TAESD of the real architecture, added once; onnx
+engines use a second export made with `--vae tiny`). The baseline keeps the full VAE: it is the paper's setting.
 """
 
 from __future__ import annotations
@@ -55,46 +59,53 @@ def synthetic_image(size: int = 256, seed: int = 0) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def sd15_random(cache: Path) -> Path:
-    """The full-size random SD 1.5 InstructPix2Pix folder, built once (atomically) and reused."""
+def sd15_random(cache: Path, vae: str = "full") -> Path:
+    """The full-size random SD 1.5 InstructPix2Pix folder, built once (atomically) and reused; with vae="tiny"
+    a random TAESD (the real architecture) is added to it once as vae_tiny/."""
     from icv_deploy.atomic import atomic_dir
-    from icv_deploy.testing import make_sd15_model
+    from icv_deploy.testing import add_tiny_vae, make_sd15_model
 
     folder = cache / "sd15-random"
     if not (folder / "model_index.json").exists():
         click.echo(f"building the random SD 1.5 model (4.3 GB) into {folder} (once)", err=True)
         with atomic_dir(folder) as tmp:
             make_sd15_model(tmp)
+    if vae == "tiny" and not (folder / "vae_tiny" / "config.json").exists():
+        click.echo(f"adding a random TAESD to {folder}/vae_tiny (once)", err=True)
+        add_tiny_vae(folder)
     return folder
 
 
-def onnx_folder(model_dir: Path, onnx_model: Path | None, cache: Path) -> Path:
+def onnx_folder(model_dir: Path, onnx_model: Path | None, cache: Path, vae: str = "full") -> Path:
     """The exported ONNX folder for `model_dir`: the one given, or one exported once into the cache."""
     if onnx_model is not None:
         return onnx_model
     if (model_dir / "manifest.json").exists():
         return model_dir  # already an ONNX folder
-    folder = cache / "onnx" / model_dir.name
+    folder = cache / "onnx" / (model_dir.name + ("-vae-tiny" if vae == "tiny" else ""))
     if not (folder / "manifest.json").exists():
         from tqdm.auto import tqdm
 
         from icv_deploy.export.onnx_export import export_onnx
 
-        click.echo(f"exporting {model_dir} to ONNX in {folder} (once)", err=True)
-        export_onnx(model_dir, folder, progress=lambda xs, desc: tqdm(xs, desc=desc), log=lambda s: click.echo(s, err=True))
+        click.echo(f"exporting {model_dir} to ONNX in {folder} (once, vae {vae})", err=True)
+        export_onnx(model_dir, folder, progress=lambda xs, desc: tqdm(xs, desc=desc), log=lambda s: click.echo(s, err=True),
+                    vae=vae)
     return folder
 
 
-def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, dtype, k: int, size, compile_unet: bool):
+def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, dtype, k: int, size, compile_unet: bool,
+                vae: str = "full"):
     """An InstructCVPipeline for `engine`, and the options it was opened with (for the JSON)."""
     from icv_deploy.pipeline import InstructCVPipeline
 
     if engine in ("torch", "torch-fast"):
         fast = engine == "torch-fast"
         options = {"channels_last": fast, "cuda_graph": fast and device.startswith("cuda"), "compile": fast and compile_unet}
-        return InstructCVPipeline.from_pretrained(model_dir, engine="torch", device=device, dtype=dtype, **options), options
+        pipe = InstructCVPipeline.from_pretrained(model_dir, engine="torch", device=device, dtype=dtype, vae=vae, **options)
+        return pipe, options
     if engine == "onnx":
-        return InstructCVPipeline.from_pretrained(onnx_dir, engine="onnx", device=device), {}
+        return InstructCVPipeline.from_pretrained(onnx_dir, engine="onnx", device=device, vae=vae), {}
     if engine == "onnx-tuned":
         from bench_ort import tuned_onnx_backend
 
@@ -102,7 +113,7 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
 
         from icv_deploy.model_files import read_json
 
-        backend = tuned_onnx_backend(onnx_dir, device, batch_instructions=k, height=size[0], width=size[1])
+        backend = tuned_onnx_backend(onnx_dir, device, batch_instructions=k, height=size[0], width=size[1], vae=vae)
         pipe = InstructCVPipeline(backend, CLIPTokenizer.from_pretrained(onnx_dir / "tokenizer"),
                                   read_json(onnx_dir / "scheduler" / "scheduler_config.json"), source=str(onnx_dir))
         return pipe, {"static_dims": backend.static_dims, "session_options": "icv_deploy.backends.ort_tuning"}
@@ -132,6 +143,9 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Time diffusers' pipeline at the paper's settings.")
 @click.option("--baseline-steps", default=None,
               help="Step counts to time the baseline at (default: 100 on CUDA; 2,4 on CPU, extrapolated to 100).")
+@click.option("--vae", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
+              help="Engines' autoencoder: full (the model's SD VAE) or tiny (TAESD from <model>/vae_tiny; sd15-random "
+                   "gets a random one). The baseline always uses the full VAE.")
 @click.option("--compile", "compile_unet", is_flag=True, help="torch-fast: also torch.compile the UNet (slow to start).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a bar plot PNG here.")
@@ -140,7 +154,7 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
 @debug_option
 @one_line_errors
 def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps, sampler, k, repeats, baseline,
-         baseline_steps, compile_unet, json_out, plot_out, cache_dir):
+         baseline_steps, vae, compile_unet, json_out, plot_out, cache_dir):
     """Per-stage latency of InstructCV engines against the paper's diffusers baseline."""
     from icv_deploy.backends.torch_backend import parse_dtype
     from icv_deploy.model_files import resolve_model
@@ -163,9 +177,13 @@ def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps
     steps = steps or (10 if on_cuda else 4)
     counts = [int(s) for s in baseline_steps.split(",")] if baseline_steps else ([100] if on_cuda else [2, 4])
 
-    model_dir = sd15_random(cache_dir) if model == "sd15-random" else resolve_model(model)
+    model_dir = sd15_random(cache_dir, vae) if model == "sd15-random" else resolve_model(model)
     needs_onnx = any(e.startswith("onnx") for e in names)
-    onnx_dir = onnx_folder(model_dir, onnx_model, cache_dir) if needs_onnx else None
+    onnx_dir = onnx_folder(model_dir, onnx_model, cache_dir, vae) if needs_onnx else None
+    if onnx_dir is not None:  # refuse a folder exported with the other VAE before minutes of baseline timing
+        from icv_deploy.backends.onnx_backend import check_onnx_folder, check_vae_choice, folder_vae
+
+        check_vae_choice(folder_vae(check_onnx_folder(onnx_dir)), vae, onnx_dir)
     image = synthetic_image(resolution)
     instructions = [INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(k)]
     size = image.shape[:2]
@@ -176,7 +194,7 @@ def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps
         "machine": machine_description(device),
         "settings": {"model": model, "model_dir": str(model_dir), "onnx_dir": str(onnx_dir) if onnx_dir else None,
                      "device": device, "dtype": dtype_name, "resolution": resolution, "steps": steps, "sampler": sampler,
-                     "batch_instructions": k, "instructions": instructions, "repeats": repeats},
+                     "batch_instructions": k, "instructions": instructions, "repeats": repeats, "vae": vae},
         "baseline_ms": None, "baseline_extrapolated": None, "engines": [],
     }
     if baseline:
@@ -187,7 +205,7 @@ def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps
         gc.collect()
     for engine in names:
         click.echo(f"{engine}: loading", err=True)
-        pipe, options = open_engine(engine, model_dir, onnx_dir, trt_model, device, torch_dtype, k, size, compile_unet)
+        pipe, options = open_engine(engine, model_dir, onnx_dir, trt_model, device, torch_dtype, k, size, compile_unet, vae)
         click.echo(f"{engine}: timing {repeats} repeats of each stage", err=True)
         measured = measure_pipeline(pipe, image, instructions, steps, sampler, repeats, resolution=resolution)
         graphed = getattr(pipe.backend, "graphed_unet", None)

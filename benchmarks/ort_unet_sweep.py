@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -23,9 +24,12 @@ import click
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fusion beside this script
+
 from icv_deploy.backends import ort_tuning
 
-# name -> keyword arguments for ort_tuning.session_options, or None for onnxruntime's own defaults
+# name -> keyword arguments for ort_tuning.session_options (plus static: pin the shapes, fused: bench_fusion's
+# graph), or None for onnxruntime's own defaults
 VARIANTS = {
     "default": None,
     "tuned": dict(),
@@ -33,17 +37,25 @@ VARIANTS = {
     "tuned-static-nodaz": dict(static=True, denormal_as_zero=False),
     "tuned-static-nospin": dict(static=True, spinning=False),
     "tuned-static-extended": dict(static=True, optimization="extended"),
+    # ORT's own transformer fusions (bench_fusion.py: Attention, MultiHeadAttention, SkipLayerNorm) + tuned-static
+    "tuned-static-fused": dict(static=True, fused=True),
 }
+FUSED_CACHE = Path(os.environ.get("ICV_CACHE", Path.home() / ".cache" / "icv-deploy")) / "ort-fused"
 
 
 def make_session(unet_path: Path, variant: str, shapes: dict):
     import onnxruntime as ort
 
     spec = VARIANTS[variant]
+    if spec and spec.get("fused"):
+        from bench_fusion import fused_unet
+
+        unet_path = fused_unet(unet_path, FUSED_CACHE / unet_path.parent.parent.name / "model.onnx")
     if spec is None:
         so = ort.SessionOptions()
     else:
         spec = dict(spec)
+        spec.pop("fused", None)
         dims = ort_tuning.static_dims(unet_path, shapes) if spec.pop("static", False) else None
         so = ort_tuning.session_options("unet", "cpu", static_dims=dims, **spec)
     return ort.InferenceSession(str(unet_path), so, providers=["CPUExecutionProvider"])
@@ -55,18 +67,24 @@ def vae_scale_factor(onnx_model: Path) -> int:
     return 2 ** (len(read_json(onnx_model / "vae_decoder" / "config.json")["block_out_channels"]) - 1)
 
 
-def unet_inputs(batch: int, latent: int, seed: int = 0) -> dict[str, np.ndarray]:
+def unet_inputs(batch: int, latent: int, seed: int = 0, text_width: int = 768) -> dict[str, np.ndarray]:
     g = torch.Generator().manual_seed(seed)
     return {
         "sample": torch.randn(batch, 8, latent, latent, generator=g).numpy(),
         "timestep": np.full((batch,), 999.0, np.float32),
-        "encoder_hidden_states": torch.randn(batch, 77, 768, generator=g).numpy(),
+        "encoder_hidden_states": torch.randn(batch, 77, text_width, generator=g).numpy(),
     }
+
+
+def text_width(onnx_model: Path) -> int:
+    from icv_deploy.backends.onnx_backend import info_from_manifest, read_manifest
+
+    return info_from_manifest(read_manifest(onnx_model), onnx_model).text_hidden_size
 
 
 def run_sweep(onnx_model: Path, torch_model: Path | None, variants: list[str], batch: int, latent: int,
               repeats: int, log=print) -> dict:
-    feeds = unet_inputs(batch, latent)
+    feeds = unet_inputs(batch, latent, text_width=text_width(onnx_model))
     shapes = {k: v.shape for k, v in feeds.items()}
     unet_path = onnx_model / "unet" / "model.onnx"
     torch_unet = None

@@ -1,6 +1,6 @@
 """`icv-export`: ONNX export and TensorRT engine builds (DESIGN.md 7).
 
-    icv-export onnx --model MODEL --output onnx/ [--fp16] [--opset 17] [--no-verify]
+    icv-export onnx --model MODEL --output onnx/ [--fp16] [--opset 17] [--no-verify] [--vae full|tiny]
     icv-export build-engines --onnx onnx/ --output engines/ [--min-resolution 128 --opt-resolution 256 --max-resolution 512]
     icv-export check onnx/                      # the runtime's manifest check, plus content hashes
 """
@@ -31,19 +31,23 @@ def main():
                    "the VAE (force_upcast) stay float32.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
               help="Where the PyTorch modules run while tracing and verifying.")
+@click.option("--vae", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
+              help="Which autoencoder the vae_encoder/vae_decoder graphs come from: full = the model's SD VAE (vae/); "
+                   "tiny = TAESD from MODEL/vae_tiny/ (copy madebyollin/taesd there), about 10x cheaper to encode and "
+                   "decode, slightly softer images. The graphs keep the same inputs and outputs either way.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run each graph in ONNX Runtime against PyTorch on random inputs; fail above the error bound "
                    "(relative 1e-4 fp32, 5e-2 fp16).")
 @debug_option
 @one_line_errors
-def onnx_command(model, output, opset, fp16, device, verify):
+def onnx_command(model, output, opset, fp16, device, vae, verify):
     """Export the text encoder, 8-channel UNet, VAE encoder (posterior mode) and VAE decoder to ONNX."""
     from tqdm.auto import tqdm
 
     from .onnx_export import export_onnx
 
     manifest = export_onnx(model, output, opset=opset, fp16=fp16, device=device, check=verify,
-                           progress=tqdm, log=tqdm.write)
+                           progress=tqdm, log=tqdm.write, vae=vae)
     for name, entry in manifest["submodels"].items():
         size = entry["bytes"] + (entry["external_data"]["bytes"] if entry["external_data"] else 0)
         err = entry["max_rel_error"]
@@ -94,11 +98,11 @@ def build_engines_command(onnx_dir, model, output, min_resolution, opt_resolutio
 @one_line_errors
 def check_command(folder):
     """Check an ONNX folder as the runtime does, plus every file's content hash."""
-    from icv_deploy.backends.onnx_backend import check_onnx_folder
+    from icv_deploy.backends.onnx_backend import check_onnx_folder, folder_vae
 
     manifest = check_onnx_folder(folder, verify_hashes=True)
     click.echo(json.dumps({"folder": str(folder), "precision": manifest["precision"], "opset": manifest["opset"],
-                           "source_model": manifest["source_model"], "ok": True}))
+                           "vae": folder_vae(manifest), "source_model": manifest["source_model"], "ok": True}))
 
 
 if __name__ == "__main__":

@@ -112,8 +112,8 @@ def build_engines(onnx_dir, output, batch: int = 1, min_res: int = 128, opt_res:
         "format": trt_rt.FORMAT, "format_version": trt_rt.FORMAT_VERSION, **identity, "precision": "fp16",
         "io_dtype": "float32", "static_shapes": static, "batch": batch,
         "resolution": {"min": min_res, "opt": opt_res, "max": max_res},
-        "model_info": info.__dict__, "source_onnx": str(onnx_dir), "source_hash": manifest.get("source_hash"),
-        "engines": engines,
+        "model_info": info.__dict__, "vae": manifest.get("vae", "full"), "source_onnx": str(onnx_dir),
+        "source_hash": manifest.get("source_hash"), "engines": engines,
     }
     write_manifest(output / trt_rt.METADATA_NAME, metadata)
     return metadata

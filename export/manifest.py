@@ -2,7 +2,8 @@
 
 `manifest.json` sits at the folder root and records, per submodel, the graph file (and its one external-data
 file), its inputs and outputs (names, dtypes, shapes with symbolic batch/height/width), byte sizes and SHA-256
-content hashes, plus the opset, the precision (fp32 / fp16 weights; I/O is float32 either way), the source model
+content hashes, plus the opset, the precision (fp32 / fp16 weights; I/O is float32 either way), the VAE the vae_*
+graphs came from ("vae": "full" or "tiny"; absent in older folders means full), the source model
 and the sizes the runtime needs (`model_info`). The reading side (format, `graph_io`, `check_onnx_folder`) lives in
 `icv_deploy.backends.onnx_backend`, because the runtime must not import the exporter (DESIGN.md 2); it is
 re-exported here so exporter code and tests have one import.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from icv_deploy.backends.onnx_backend import (  # noqa: F401  (re-exported)
     COPIED_FOLDERS, FORMAT, FORMAT_VERSION, IO_DTYPE, MANIFEST_NAME, PRECISIONS, check_files, check_onnx_folder,
-    graph_io, info_from_manifest, read_manifest, sha256_file,
+    folder_vae, graph_io, info_from_manifest, read_manifest, sha256_file,
 )
 
 

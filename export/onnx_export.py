@@ -13,6 +13,10 @@ produce correct graphs with dynamic batch/height/width for these modules, but th
   * is what optimum and TensorRT's demoDiffusion export Stable Diffusion with.
 Shapes the tracer might bake in are caught by verification at another (non-square) shape.
 
+`vae="tiny"` exports the two VAE graphs from the optional vae_tiny/ (TAESD) with the scaling folded in: the folder
+contract stays the full VAE's, the manifest records `"vae": "tiny"` and the vae_* folders get the tiny VAE's
+config.json. The VAE choice is part of what an interrupted export must match to resume.
+
 Memory: one submodel is in memory at a time; the PyTorch reference for verification is computed before the module
 is freed and the ONNX Runtime session is created after. Each submodel folder is written under a temporary name and
 renamed when complete, and an interrupted export resumes from the finished submodels.
@@ -35,11 +39,11 @@ from icv_deploy import __version__
 from icv_deploy.atomic import write_json
 from icv_deploy.backends.torch_backend import model_info
 from icv_deploy.errors import IcvError
-from icv_deploy.model_files import check_diffusers_folder, read_json, resolve_model
+from icv_deploy.model_files import VAE_KINDS, check_diffusers_folder, check_tiny_vae_folder, read_json, resolve_model
 
 from . import manifest as mf
 from . import optimize, verify
-from .submodels import SOURCE_FOLDER, SUBMODEL_NAMES, load_module, submodels
+from .submodels import SUBMODEL_NAMES, load_module, source_folder, submodels
 
 STATE_NAME = ".icv-export-state.json"
 OPSETS = range(17, 21)
@@ -53,22 +57,29 @@ def size_multiple(model_dir: Path) -> int:
 
 
 def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str = "cpu", check: bool = True,
-                external_data_threshold: int = optimize.EXTERNAL_DATA_THRESHOLD, progress=None, log=print) -> dict:
-    """Export the four submodels of `model` into `output`; returns the manifest. `check` runs verification."""
+                external_data_threshold: int = optimize.EXTERNAL_DATA_THRESHOLD, progress=None, log=print,
+                vae: str = "full") -> dict:
+    """Export the four submodels of `model` into `output`; returns the manifest. `check` runs verification.
+    `vae="tiny"` takes the VAE graphs from the model's vae_tiny/ (TAESD) instead of vae/."""
     if opset not in OPSETS:
         raise IcvError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
+    if vae not in VAE_KINDS:
+        raise IcvError(f"unknown vae {vae!r}: choose full (the model's VAE) or tiny (vae_tiny/, TAESD)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise IcvError(f"device {device}: no CUDA GPU visible to PyTorch (use --device cpu)")
     model_dir = resolve_model(model)
     check_diffusers_folder(model_dir)
+    if vae == "tiny":
+        check_tiny_vae_folder(model_dir)
     output = Path(output)
     info = model_info(model_dir)
     precision = "fp16" if fp16 else "fp32"
-    vae_cfg = read_json(model_dir / "vae" / "config.json")
+    # The SD VAE overflows in fp16 (force_upcast); TAESD does not (its config says force_upcast false).
+    vae_cfg = read_json(model_dir / source_folder("vae_decoder", vae) / "config.json")
     keep_vae_fp32 = bool(vae_cfg.get("force_upcast", True))
     state = {
         "source_model": str(model), "source_hash": mf.source_hash(model_dir), "opset": opset,
-        "precision": precision, "external_data_threshold": external_data_threshold, "done": {},
+        "precision": precision, "external_data_threshold": external_data_threshold, "vae": vae, "done": {},
     }
     state["done"] = _resume_state(output, state)
     mult = size_multiple(model_dir)
@@ -83,7 +94,7 @@ def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str 
         sub_precision = "fp32" if (not fp16 or (name.startswith("vae") and keep_vae_fp32)) else "fp16"
         started = time.perf_counter()
         entry = _export_one(model_dir, output, specs[name], info, mult, opset, sub_precision, device, check,
-                            external_data_threshold)
+                            external_data_threshold, vae)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         state["done"][name] = entry
         write_json(output / STATE_NAME, state)
@@ -95,7 +106,7 @@ def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str 
     shutil.copyfile(model_dir / "model_index.json", output / "model_index.json")
     manifest = {
         "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "opset": opset, "precision": precision,
-        "io_dtype": mf.IO_DTYPE, "source_model": str(model), "source_hash": state["source_hash"],
+        "io_dtype": mf.IO_DTYPE, "vae": vae, "source_model": str(model), "source_hash": state["source_hash"],
         "exporter": {"icv_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "method": "torch.onnx.export(dynamo=False)"},
         "model_info": info.__dict__, "image_size_multiple": mult, "submodels": {},
@@ -116,7 +127,7 @@ def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str 
     return manifest
 
 
-def _export_one(model_dir, output, sub, info, mult, opset, precision, device, check, threshold) -> dict:
+def _export_one(model_dir, output, sub, info, mult, opset, precision, device, check, threshold, vae="full") -> dict:
     """Export, clean up, convert, save, check and verify one submodel; its folder appears only when complete."""
     final = output / sub.name
     work = output / f".{sub.name}.partial"
@@ -124,7 +135,7 @@ def _export_one(model_dir, output, sub, info, mult, opset, precision, device, ch
     (work / "raw").mkdir(parents=True)
     graph = work / "model.onnx"
     try:
-        module = load_module(model_dir, sub.name, device)
+        module = load_module(model_dir, sub.name, device, vae=vae)  # also the reference that verification compares with
         # Trace at a height that is NOT a multiple of the UNet's downsampling: diffusers then passes explicit
         # upsample sizes (taken from the skip connections' shapes), which the trace records as shape arithmetic,
         # so the graph is right for every size. (Traced at a multiple, it would bake in "upsample x2" and fail on
@@ -159,7 +170,7 @@ def _export_one(model_dir, output, sub, info, mult, opset, precision, device, ch
         gc.collect()
         shutil.rmtree(work / "raw")
         onnx.checker.check_model(str(graph))  # by path: works with external data
-        shutil.copyfile(model_dir / SOURCE_FOLDER[sub.name] / "config.json", work / "config.json")
+        shutil.copyfile(model_dir / source_folder(sub.name, vae) / "config.json", work / "config.json")
         entry = {"precision": precision}
         if check:
             error = verify.relative_error(verify.onnx_output(graph, check_inputs), reference)
@@ -185,7 +196,9 @@ def _resume_state(output: Path, state: dict) -> dict:
             previous = json.loads(previous_path.read_text())
         except ValueError:
             previous = {}  # a state file cut short: start over
-        same = all(previous.get(k) == state[k] for k in ("source_hash", "opset", "precision", "external_data_threshold"))
+        previous.setdefault("vae", "full")  # state files from before the tiny VAE: always the full one
+        # A different VAE choice must not resume: it would mix full-VAE and tiny-VAE graphs in one folder.
+        same = all(previous.get(k) == state[k] for k in ("source_hash", "opset", "precision", "external_data_threshold", "vae"))
         if same:
             return {k: v for k, v in previous.get("done", {}).items() if (output / k / "model.onnx").exists()}
         return {}

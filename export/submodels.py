@@ -13,6 +13,10 @@ I/O contract (the same for fp32 and fp16 graphs: fp16 graphs cast inside, so cal
     vae_encoder   sample [B, 3, H, W] float32 in [-1, 1]        -> latent_sample [B, 4, h, w] (posterior mode, unscaled)
     vae_decoder   latent_sample [B, 4, h, w] (already / scaling) -> sample [B, 3, H, W]
 with h = H / f, w = W / f. The text length is fixed at 77 tokens: the runtime always pads to it.
+
+With `vae="tiny"` the two VAE graphs come from the optional `vae_tiny/` (diffusers AutoencoderTiny, TAESD) with the
+model's scaling factor folded in (`TinyVaeEncoderModule`, `TinyVaeDecoderModule`), so the contract above holds
+unchanged and the runtime runs them like any other folder.
 """
 
 from __future__ import annotations
@@ -24,9 +28,16 @@ import torch
 
 from icv_deploy.backends.base import ModelInfo
 from icv_deploy.backends.onnx_backend import SUBMODEL_NAMES, graph_io  # noqa: F401  (the runtime owns the I/O contract)
+from icv_deploy.backends.torch_backend import model_info, tiny_vae_decode, tiny_vae_encode
+from icv_deploy.model_files import TINY_VAE_FOLDER
 
 # The diffusers folder each submodel is loaded from (optimum copies that config.json next to each model.onnx).
 SOURCE_FOLDER = {"text_encoder": "text_encoder", "unet": "unet", "vae_encoder": "vae", "vae_decoder": "vae"}
+
+
+def source_folder(name: str, vae: str = "full") -> str:
+    """The model sub-folder submodel `name` comes from: vae_tiny/ for the VAE graphs when vae="tiny"."""
+    return TINY_VAE_FOLDER if vae == "tiny" and name.startswith("vae") else SOURCE_FOLDER[name]
 
 
 @dataclass(frozen=True)
@@ -153,9 +164,33 @@ class VaeDecoderModule(torch.nn.Module):
         return self.vae.decode(latent_sample, return_dict=False)[0]
 
 
-def load_module(model_dir: Path, name: str, device: str = "cpu") -> torch.nn.Module:
-    """Load only what submodel `name` needs (fp32, eval, no grad): one big module in memory at a time."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+class TinyVaeEncoderModule(torch.nn.Module):
+    """Image -> UNSCALED latents from the tiny VAE: its scaled latents divided by the model's scaling factor, in the
+    graph, so the ONNX contract is the full VAE's (the same function as the torch backend's)."""
+
+    def __init__(self, tiny_vae, scaling_factor: float):
+        super().__init__()
+        self.tiny_vae, self.scaling_factor = tiny_vae, float(scaling_factor)
+
+    def forward(self, sample):
+        return tiny_vae_encode(self.tiny_vae, sample, self.scaling_factor)
+
+
+class TinyVaeDecoderModule(torch.nn.Module):
+    """Latents already divided by the scaling factor -> image: multiplied back in the graph for the tiny decoder."""
+
+    def __init__(self, tiny_vae, scaling_factor: float):
+        super().__init__()
+        self.tiny_vae, self.scaling_factor = tiny_vae, float(scaling_factor)
+
+    def forward(self, latent_sample):
+        return tiny_vae_decode(self.tiny_vae, latent_sample, self.scaling_factor)
+
+
+def load_module(model_dir: Path, name: str, device: str = "cpu", vae: str = "full") -> torch.nn.Module:
+    """Load only what submodel `name` needs (fp32, eval, no grad): one big module in memory at a time.
+    `vae="tiny"`: the VAE graphs wrap the AutoencoderTiny of vae_tiny/ (scaling by the main VAE's factor)."""
+    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
     from transformers import CLIPTextModel
 
@@ -166,6 +201,10 @@ def load_module(model_dir: Path, name: str, device: str = "cpu") -> torch.nn.Mod
         unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", **kw)
         unet.set_attn_processor(AttnProcessor2_0())  # the same attention the torch backend runs
         module = UNetModule(unet)
+    elif vae == "tiny":
+        tiny = AutoencoderTiny.from_pretrained(model_dir, subfolder=TINY_VAE_FOLDER, **kw)
+        scaling_factor = model_info(model_dir).scaling_factor  # vae/config.json's, never the tiny VAE's 1.0
+        module = (TinyVaeEncoderModule if name == "vae_encoder" else TinyVaeDecoderModule)(tiny, scaling_factor)
     else:
         vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **kw)
         module = VaeEncoderModule(vae) if name == "vae_encoder" else VaeDecoderModule(vae)

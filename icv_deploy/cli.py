@@ -53,6 +53,7 @@ Examples:
   icv-infer --model ./instructcv cat.jpg "Segment the cat"
   icv-infer --model ./onnx --engine onnx street.png "Detect the car" "Create a monocular depth map"
   icv-infer --model ./instructcv --json pets.jpg "Show blue if the picture has a dog, otherwise show black"
+  icv-infer --model ./instructcv --vae tiny --steps 4 cat.jpg "Segment the cat"   # TAESD from ./instructcv/vae_tiny
 
 Tasks are read from the instruction (segment / detect / depth / "show <colour> if ... otherwise show
 <colour>"); --task forces one. Each instruction writes visual.png (what the model painted), overlay.png,
@@ -68,6 +69,11 @@ the raw answer (mask.png, boxes.json, depth.npy + 16-bit depth.png in mm) and re
 @click.option("--engine", type=click.Choice(["torch", "onnx", "trt"]), default="torch", show_default=True, help="Backend.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Torch precision [default: fp16 on CUDA, fp32 on CPU].")
+@click.option("--vae", type=click.Choice(["full", "tiny"]), default=None,
+              help="Image encoder/decoder. full: the model's SD VAE. tiny: TAESD, about 10x cheaper to encode and "
+                   "decode (most of the time outside the UNet on a CPU), slightly softer images; needs vae_tiny/ in the "
+                   "model folder (copy madebyollin/taesd there) or an ONNX folder exported with `icv-export onnx --vae "
+                   "tiny`. [default: full; for an ONNX or engine folder, the VAE it was exported with]")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps [default: the model's, else 100].")
 @click.option("--sampler", type=click.Choice(["euler_a", "euler", "dpmpp_2m", "dpmpp_2m_trailing", "lcm"]), default=None,
               help="Sampler [default: the model's, else euler_a as in the paper].")
@@ -84,7 +90,7 @@ the raw answer (mask.png, boxes.json, depth.npy + 16-bit depth.png in mm) and re
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @debug_option
 @one_line_errors
-def main(image, instruction, model, engine, device, dtype, steps, sampler, seed, guidance_scale, image_guidance_scale,
+def main(image, instruction, model, engine, device, dtype, vae, steps, sampler, seed, guidance_scale, image_guidance_scale,
          resolution, task, output, as_json, quiet):
     """Run InstructCV on IMAGE with one or more INSTRUCTIONs (they share one image encoding and run as one batch)."""
     setup_logging()
@@ -99,7 +105,7 @@ def main(image, instruction, model, engine, device, dtype, steps, sampler, seed,
     for text in instructions:
         route(text, task=task)
     res_value = parse_resolution(resolution)
-    pipe = load(model, engine=engine, device=device, dtype=dtype)
+    pipe = load(model, engine=engine, device=device, dtype=dtype, vae=vae)
     pipe.progress = not quiet
     results = pipe.run_many(picture, instructions, steps=steps, sampler=sampler, seed=seed, guidance_scale=guidance_scale,
                             image_guidance_scale=image_guidance_scale, resolution=res_value, task=task)

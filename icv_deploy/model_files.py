@@ -14,7 +14,8 @@ from .errors import ModelFilesError
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Only the diffusers component folders: hub repos also hold multi-GB single-file checkpoints and fp16 copies.
-HUB_PATTERNS = ["model_index.json", "icv_config.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+HUB_PATTERNS = ["model_index.json", "icv_config.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*",
+                "vae_tiny/*"]
 HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.h5"]
 
 
@@ -46,6 +47,14 @@ def read_json(path: Path) -> dict:
         raise ModelFilesError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
 
 
+def check_safetensors(part_folder: Path) -> None:
+    """Weights load from safetensors only: pickles are never unpickled (DESIGN.md 10)."""
+    if not list(part_folder.glob("*.safetensors")):
+        pickles = list(part_folder.glob("*.bin")) + list(part_folder.glob("*.ckpt"))
+        hint = " (only pickle weights found: convert them to safetensors; pickles are never loaded)" if pickles else ""
+        raise ModelFilesError(f"{part_folder}: no .safetensors weights{hint}")
+
+
 def check_diffusers_folder(folder: Path) -> None:
     """Refuse a folder that lacks a part or keeps weights only as pickles."""
     if not (folder / "model_index.json").exists():
@@ -54,13 +63,60 @@ def check_diffusers_folder(folder: Path) -> None:
         if not (folder / part).is_dir():
             raise ModelFilesError(f"{folder}: missing the {part}/ folder")
     for part in ("unet", "vae", "text_encoder"):
-        if not list((folder / part).glob("*.safetensors")):
-            pickles = list((folder / part).glob("*.bin")) + list((folder / part).glob("*.ckpt"))
-            hint = " (only pickle weights found: convert them to safetensors; pickles are never loaded)" if pickles else ""
-            raise ModelFilesError(f"{folder / part}: no .safetensors weights{hint}")
+        check_safetensors(folder / part)
     unet_cfg = read_json(folder / "unet" / "config.json")
     if unet_cfg.get("in_channels") != 8:
         raise ModelFilesError(
             f"{folder}: the UNet has {unet_cfg.get('in_channels')} input channels, an InstructCV model needs 8 "
             "(noisy latent + image latent)"
         )
+
+
+# ---- the optional tiny autoencoder (TAESD) ------------------------------------------------------------------------
+# diffusers' AutoencoderTiny, e.g. madebyollin/taesd, distilled to share SD 1.x's latent space. InstructCV fine-tunes
+# only the UNet, so SD 1.5's TAESD fits it. It is optional: `vae="tiny"` asks for it.
+TINY_VAE_FOLDER = "vae_tiny"
+VAE_KINDS = ("full", "tiny")  # the `vae` option of every backend: vae/ (AutoencoderKL) or vae_tiny/ (AutoencoderTiny)
+TINY_VAE_HINT = "copy a diffusers AutoencoderTiny such as madebyollin/taesd there"
+# AutoencoderTiny's defaults (= madebyollin/taesd), for configs that leave the block lists out.
+_TINY_DEFAULT_BLOCKS = [64, 64, 64, 64]
+
+
+def vae_scale_factor(vae_config: dict) -> int:
+    """The main (AutoencoderKL) VAE's downsampling: 2 ** (len(block_out_channels) - 1), never assumed to be 8."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def tiny_vae_scale_factors(tiny_config: dict) -> tuple[int, int]:
+    """(encoder downsampling, decoder upsampling) of an AutoencoderTiny config.
+
+    Its encoder halves the size in every block but the first; its decoder upsamples by `upsampling_scaling_factor`
+    between blocks. (diffusers registers block_out_channels = decoder_block_out_channels, as the pipelines read it.)
+    """
+    encoder_blocks = tiny_config.get("encoder_block_out_channels", _TINY_DEFAULT_BLOCKS)
+    decoder_blocks = tiny_config.get("decoder_block_out_channels", tiny_config.get("block_out_channels", _TINY_DEFAULT_BLOCKS))
+    upsampling = tiny_config.get("upsampling_scaling_factor", 2)
+    return 2 ** (len(encoder_blocks) - 1), upsampling ** (len(decoder_blocks) - 1)
+
+
+def check_tiny_vae_folder(folder: Path) -> dict:
+    """Refuse a missing vae_tiny/ or one that does not fit the main VAE's latent space; return its config."""
+    folder = Path(folder)
+    tiny_dir = folder / TINY_VAE_FOLDER
+    if not tiny_dir.is_dir():
+        raise ModelFilesError(f"{folder}: no {TINY_VAE_FOLDER}/ folder for the tiny VAE ({TINY_VAE_HINT})")
+    tiny = read_json(tiny_dir / "config.json")
+    if tiny.get("_class_name", "AutoencoderTiny") != "AutoencoderTiny":
+        raise ModelFilesError(f"{tiny_dir}: holds a {tiny.get('_class_name')}, the tiny VAE must be a diffusers "
+                              f"AutoencoderTiny ({TINY_VAE_HINT})")
+    check_safetensors(tiny_dir)
+    main = read_json(folder / "vae" / "config.json")
+    want_factor, want_channels = vae_scale_factor(main), main.get("latent_channels", 4)
+    encoder_factor, decoder_factor = tiny_vae_scale_factors(tiny)
+    if (encoder_factor, decoder_factor) != (want_factor, want_factor):
+        raise ModelFilesError(f"{tiny_dir}: the tiny VAE scales images by {encoder_factor} (encoder) and "
+                              f"{decoder_factor} (decoder), the model's VAE by {want_factor}: not the same latent space")
+    if tiny.get("latent_channels", 4) != want_channels:
+        raise ModelFilesError(f"{tiny_dir}: the tiny VAE has {tiny.get('latent_channels', 4)} latent channels, the "
+                              f"model's VAE {want_channels}: not the same latent space")
+    return tiny

@@ -41,15 +41,16 @@ class InstructCVPipeline:
         self._empty_embedding = None
 
     @classmethod
-    def from_pretrained(cls, model, engine: str = "torch", device: str = "cpu", dtype=None, **options):
-        """A diffusers model folder or hub id (torch), an exported ONNX folder (onnx) or an engine folder (trt)."""
+    def from_pretrained(cls, model, engine: str = "torch", device: str = "cpu", dtype=None, vae: str | None = None, **options):
+        """A diffusers model folder or hub id (torch), an exported ONNX folder (onnx) or an engine folder (trt).
+        `vae="tiny"` encodes and decodes with the tiny autoencoder (TAESD, `vae_tiny/`; see load_backend)."""
         from transformers import CLIPTokenizer
 
         folder = resolve_model(model)
         for part in ("tokenizer", "scheduler"):
             if not (folder / part).is_dir():
                 raise ModelFilesError(f"{folder}: missing the {part}/ folder")
-        backend = load_backend(folder, engine=engine, device=device, dtype=dtype, **options)
+        backend = load_backend(folder, engine=engine, device=device, dtype=dtype, vae=vae, **options)
         try:
             tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         except Exception as exc:
@@ -144,7 +145,8 @@ class InstructCVPipeline:
         for text, r, visual in zip(instructions, routes, visuals):
             answer = decode(r.task, visual, r, original.shape[:2])
             settings = {"steps": steps, "sampler": sampler, "seed": seed, "guidance_scale": guidance_scale,
-                        "image_guidance_scale": image_guidance_scale, "resolution": resolution, "engine": self.backend.name}
+                        "image_guidance_scale": image_guidance_scale, "resolution": resolution, "engine": self.backend.name,
+                        "vae": getattr(self.backend, "vae_kind", "full")}
             colors = (r.color_if_present, r.color_if_absent) if r.task == "classification" else None
             results.append(Result(text, r.task, r.category, original, visual, settings, colors=colors, **answer))
         timings["postprocess_ms"] = _ms(t1)
@@ -158,6 +160,7 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def load(model, engine: str = "torch", device: str = "cpu", dtype=None, **options) -> InstructCVPipeline:
-    """Open a model for inference. `model`: diffusers folder or hub id (torch), ONNX folder (onnx), engines (trt)."""
-    return InstructCVPipeline.from_pretrained(model, engine=engine, device=device, dtype=dtype, **options)
+def load(model, engine: str = "torch", device: str = "cpu", dtype=None, vae: str | None = None, **options) -> InstructCVPipeline:
+    """Open a model for inference. `model`: diffusers folder or hub id (torch), ONNX folder (onnx), engines (trt).
+    `vae`: None (the model's VAE; an ONNX/engine folder's own), "full" or "tiny" (TAESD from vae_tiny/)."""
+    return InstructCVPipeline.from_pretrained(model, engine=engine, device=device, dtype=dtype, vae=vae, **options)

@@ -4,8 +4,10 @@ No model hub is needed: tests use `make_tiny_model`, benchmarks `make_sd15_model
 InstructPix2Pix architecture: 859.5 M-parameter 8-channel UNet, CLIP ViT-L/14 text encoder, SD VAE), so timings
 measure the real cost. The folders have exactly the layout of `timbrooks/instruct-pix2pix` or
 `alaa-lab/InstructCV`, and load through the same code path (`icv_deploy.load`, diffusers' `from_pretrained`).
+`tiny_vae=True` (or `add_tiny_vae` on an existing folder) adds the optional `vae_tiny/` (diffusers AutoencoderTiny:
+TAESD's architecture for sd15, a small one with the same scale factor for tiny).
 
-    python -m icv_deploy.testing tiny /tmp/tiny-icv      # or: sd15 /tmp/sd15-random
+    python -m icv_deploy.testing tiny /tmp/tiny-icv      # or: sd15 /tmp/sd15-random, add-tiny-vae /tmp/sd15-random
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ SD15_VAE = dict(
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     scaling_factor=0.18215,
 )
+# diffusers' AutoencoderTiny defaults, which are madebyollin/taesd's architecture (scale factor 8, 4 latent channels).
+TAESD_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, act_fn="relu", upsampling_scaling_factor=2,
+    encoder_block_out_channels=(64, 64, 64, 64), decoder_block_out_channels=(64, 64, 64, 64),
+    num_encoder_blocks=(1, 3, 3, 3), num_decoder_blocks=(3, 3, 3, 1),
+    latent_magnitude=3, latent_shift=0.5, scaling_factor=1.0,
+)
 SD15_TEXT = dict(
     vocab_size=VOCAB_SIZE, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
     max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
@@ -67,6 +76,34 @@ def tiny_configs(vae_levels: int) -> tuple[dict, dict, dict]:
     return unet, vae, text
 
 
+def tiny_vae_config(vae_levels: int = 3) -> dict:
+    """A small AutoencoderTiny whose scale factor 2 ** (vae_levels - 1) matches `tiny_configs(vae_levels)`' VAE."""
+    return {**TAESD_CONFIG, "encoder_block_out_channels": (8,) * vae_levels, "decoder_block_out_channels": (8,) * vae_levels,
+            "num_encoder_blocks": (1,) * vae_levels, "num_decoder_blocks": (1,) * vae_levels}
+
+
+def add_tiny_vae(folder: str | Path, config: dict | None = None, seed: int = 0) -> Path:
+    """Write `folder/vae_tiny/` (AutoencoderTiny, random weights drawn from `seed`) beside an existing model's VAE.
+
+    `config` None picks TAESD's architecture when the model's VAE has scale factor 8, else `tiny_vae_config` with the
+    model's scale factor. model_index.json is left alone: vae_tiny/ is ours, not a pipeline component of diffusers.
+    """
+    from diffusers import AutoencoderTiny
+
+    from .atomic import atomic_dir
+    from .model_files import TINY_VAE_FOLDER, read_json, vae_scale_factor
+
+    folder = Path(folder)
+    if config is None:
+        factor = vae_scale_factor(read_json(folder / "vae" / "config.json"))
+        config = TAESD_CONFIG if factor == 8 else tiny_vae_config(vae_levels=factor.bit_length())  # 2 ** (levels - 1)
+    torch.manual_seed(seed)
+    tiny = AutoencoderTiny(**config)
+    with atomic_dir(folder / TINY_VAE_FOLDER) as tmp:
+        tiny.save_pretrained(tmp, safe_serialization=True)
+    return folder
+
+
 def build_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg: dict, seed: int = 0, tokenizer_dir: str | Path | None = None):
     """A `StableDiffusionInstructPix2PixPipeline` with random weights drawn from `seed`."""
     import tempfile
@@ -88,22 +125,28 @@ def build_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg: dict, seed: int = 0,
     )
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, vae_levels: int = 3) -> Path:
-    """Save a tiny random 8-channel model (VAE scale factor 2 ** (vae_levels - 1): 4 by default, not 8)."""
+def make_tiny_model(out_dir: str | Path, seed: int = 0, vae_levels: int = 3, tiny_vae: bool = False) -> Path:
+    """Save a tiny random 8-channel model (VAE scale factor 2 ** (vae_levels - 1): 4 by default, not 8).
+    `tiny_vae` adds vae_tiny/ with the same scale factor."""
     out_dir = Path(out_dir)
     pipe = build_pipeline(*tiny_configs(vae_levels), seed=seed)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    if tiny_vae:
+        add_tiny_vae(out_dir, tiny_vae_config(vae_levels), seed=seed)
     return out_dir
 
 
-def make_sd15_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Save the full SD 1.5 InstructPix2Pix architecture with random weights (about 4.3 GB in fp32)."""
+def make_sd15_model(out_dir: str | Path, seed: int = 0, tiny_vae: bool = False) -> Path:
+    """Save the full SD 1.5 InstructPix2Pix architecture with random weights (about 4.3 GB in fp32).
+    `tiny_vae` adds vae_tiny/ with TAESD's architecture (about 10 MB)."""
     out_dir = Path(out_dir)
     pipe = build_pipeline(SD15_UNET, SD15_VAE, SD15_TEXT, seed=seed)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    if tiny_vae:
+        add_tiny_vae(out_dir, TAESD_CONFIG, seed=seed)
     return out_dir
 
 
 if __name__ == "__main__":
     kind, out = sys.argv[1], sys.argv[2]
-    print({"tiny": make_tiny_model, "sd15": make_sd15_model}[kind](out))
+    print({"tiny": make_tiny_model, "sd15": make_sd15_model, "add-tiny-vae": add_tiny_vae}[kind](out))

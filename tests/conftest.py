@@ -22,6 +22,23 @@ def tiny_model_f4(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-f4", seed=1, vae_levels=3)
 
 
+@pytest.fixture(scope="session")
+def taesd_model(tmp_path_factory):
+    """A tiny random model (VAE scale factor 4) with a random tiny VAE of the same scale factor in vae_tiny/."""
+    from icv_deploy.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-taesd", seed=2, vae_levels=3, tiny_vae=True)
+
+
+@pytest.fixture(scope="session")
+def onnx_taesd(taesd_model, tmp_path_factory):
+    from icv_deploy.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny-taesd"
+    export_onnx(taesd_model, out, vae="tiny", log=lambda *_: None)
+    return out
+
+
 @pytest.fixture
 def scene_image():
     """A non-square 60x84 RGB image with some structure (sky, ground, an object)."""

@@ -81,6 +81,28 @@ def test_stub_predict_noise_is_removed_afterwards(tiny_model):
     assert "predict_noise" not in vars(backend)
 
 
+def test_roofline_flop_count_matches_the_counter_on_explicit_attention(tiny_model):
+    """unet_roofline tallies SDPA's matmuls itself; with diffusers' classic processor (baddbmm + bmm) PyTorch's own
+    FlopCounterMode sees them: both totals must agree."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+    from ort_unet_sweep import unet_inputs
+    from torch.utils.flop_counter import FlopCounterMode
+    from unet_roofline import count_flops
+
+    width = json.loads((tiny_model / "text_encoder" / "config.json").read_text())["hidden_size"]
+    counted = count_flops(tiny_model, batch=3, latent=16, width=width)["by_op_flops"]
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
+    unet.set_attn_processor(AttnProcessor())
+    feeds = {k: torch.from_numpy(v) for k, v in unet_inputs(3, 16, text_width=width).items()}
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(feeds["sample"], feeds["timestep"], encoder_hidden_states=feeds["encoder_hidden_states"])
+    reference = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    assert counted["attention (SDPA)"] > 0
+    assert counted["attention (SDPA)"] == reference["aten.baddbmm"] + reference["aten.bmm"]
+    assert sum(counted.values()) == counter.get_total_flops()
+
+
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny_model, tmp_path_factory):
     from icv_deploy.export.onnx_export import export_onnx
@@ -162,6 +184,29 @@ def test_latency_cli_writes_json_table_and_plot(tiny_model, tiny_onnx, tmp_path)
         assert len(e["stages"]["end_to_end"]["samples_ms"]) == 1 and e["memory"]["peak_rss_mb"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "end to end" in result.output and "EXTRAPOLATED" in result.output
+
+
+@pytest.mark.slow
+def test_latency_cli_with_the_tiny_vae(taesd_model, onnx_taesd, tiny_model, tiny_onnx, tmp_path):
+    """--vae tiny opens every engine with TAESD (the results say so) and refuses an ONNX folder exported without."""
+    from click.testing import CliRunner
+
+    import latency
+
+    out = tmp_path / "bench.json"
+    args = ["--model", str(taesd_model), "--onnx-model", str(onnx_taesd), "--engine", "torch,onnx,onnx-tuned",
+            "--device", "cpu", "--resolution", "32", "--steps", "1", "--repeats", "1", "--no-baseline",
+            "--vae", "tiny", "--json", str(out)]
+    result = CliRunner().invoke(latency.main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["vae"] == "tiny" and doc["baseline_ms"] is None
+    assert [(e["engine"], e["vae"]) for e in doc["engines"]] == [("torch", "tiny"), ("onnx", "tiny"), ("onnx-tuned", "tiny")]
+
+    full_onnx = ["--model", str(tiny_model), "--onnx-model", str(tiny_onnx), "--engine", "onnx-tuned", "--device", "cpu",
+                 "--resolution", "32", "--steps", "1", "--repeats", "1", "--no-baseline", "--vae", "tiny"]
+    refused = CliRunner().invoke(latency.main, full_onnx)
+    assert refused.exit_code == 2 and "--vae tiny" in refused.output and len(refused.output.strip().splitlines()) == 1
 
 
 def test_latency_cli_refuses_unknown_engine(tmp_path):

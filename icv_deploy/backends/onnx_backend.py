@@ -3,7 +3,7 @@
 The contract between an exported folder and this runtime lives here (`graph_io`, `check_onnx_folder`): the
 runtime never imports the exporter (DESIGN.md 2); the exporter writes what these functions read.
 The folder's manifest is checked before any session is created (missing or truncated files, wrong channels, a
-graph I/O type this runtime does not feed); each session's inputs are then checked against the manifest, so a
+graph I/O type this runtime does not feed, another VAE than the one asked for); each session's inputs are then checked against the manifest, so a
 graph swapped behind the manifest's back is refused too. Sessions are created once, in `from_folder`.
 
 Every graph takes and returns float32 (int64 token ids), whatever its precision: fp16 graphs cast inside. So
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import IcvError, ModelFilesError
+from ..model_files import VAE_KINDS
 from .base import ModelInfo
 
 GRAPH_OPTIMIZATION = ("disable", "basic", "extended", "all")
@@ -80,6 +81,24 @@ def read_manifest(folder: Path, name: str = MANIFEST_NAME, kind: str = "ONNX fol
     return manifest
 
 
+def folder_vae(manifest: dict) -> str:
+    """Which VAE the vae_* graphs came from: "full" (vae/) or "tiny" (vae_tiny/, TAESD). Either way the graphs keep
+    the same I/O contract (the exporter folds the tiny VAE's scaling into them). Folders from before the tiny VAE
+    record nothing: full."""
+    return manifest.get("vae", "full")
+
+
+def check_vae_choice(recorded: str | None, asked: str | None, folder: Path | str = "", redo: str = "re-export") -> None:
+    """`asked` None takes whatever the folder has; "full" / "tiny" must match what it was exported with."""
+    if asked is None:
+        return
+    if asked not in VAE_KINDS:
+        raise IcvError(f"unknown vae {asked!r}: choose full or tiny (or leave it unset for what the folder has)")
+    if recorded is not None and recorded != asked:
+        raise ModelFilesError(f"{folder}: its VAE graphs come from the {recorded} VAE, vae={asked} was asked for "
+                              f"({redo} with `icv-export onnx --vae {asked}`, or leave vae unset)")
+
+
 def info_from_manifest(manifest: dict, folder: Path | str = "") -> ModelInfo:
     try:
         return ModelInfo(**manifest["model_info"])
@@ -104,6 +123,8 @@ def check_onnx_folder(folder, precision: str | None = None, verify_hashes: bool 
                               f"(export with{'' if precision == 'fp16' else 'out'} --fp16, or ask for {manifest['precision']})")
     if manifest.get("io_dtype") != IO_DTYPE:
         raise ModelFilesError(f"{folder}: graph I/O type {manifest.get('io_dtype')!r}, this runtime feeds {IO_DTYPE}")
+    if folder_vae(manifest) not in VAE_KINDS:
+        raise ModelFilesError(f"{path}: unknown vae {folder_vae(manifest)!r}, this runtime knows {', '.join(VAE_KINDS)}")
     info = info_from_manifest(manifest, folder)
     if info.unet_in_channels != 8:
         raise ModelFilesError(f"{folder}: the UNet takes {info.unet_in_channels} input channels, an InstructCV model "
@@ -222,19 +243,23 @@ class OnnxBackend:
         self.sessions, self.info, self.device, self.manifest = sessions, info, device, manifest
         self.dtype = torch.float32  # graph I/O type, for every precision
         self.precision = manifest["precision"]
+        self.vae_kind = folder_vae(manifest)
         self.io_binding = io_binding
         self._specs = {name: entry for name, entry in manifest["submodels"].items()}
 
     @classmethod
     def from_folder(cls, folder, device="cpu", dtype=None, graph_optimization: str = "all",
                     intra_op_threads: int | None = None, inter_op_threads: int | None = None,
-                    io_binding: bool | None = None, providers: list | None = None, verify_hashes: bool = False):
-        """Open an ONNX folder. `dtype` None takes the folder's precision; fp32/fp16 must match it."""
+                    io_binding: bool | None = None, providers: list | None = None, verify_hashes: bool = False,
+                    vae: str | None = None):
+        """Open an ONNX folder. `dtype` None takes the folder's precision; fp32/fp16 must match it. Likewise `vae`
+        None takes the folder's VAE; "full"/"tiny" must match what it was exported with."""
         ort = _import_ort()
         folder = Path(folder)
         if dtype not in PRECISION_NAMES:
             raise IcvError(f"dtype {dtype!r}: an ONNX folder is fp32 or fp16 (bf16 is torch-only)")
         manifest = check_onnx_folder(folder, precision=PRECISION_NAMES[dtype], verify_hashes=verify_hashes)
+        check_vae_choice(folder_vae(manifest), vae, folder)
         device = torch.device(device)
         providers = providers or providers_for(device)
         sessions = {}

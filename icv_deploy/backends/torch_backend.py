@@ -7,6 +7,12 @@ Eager by default. The fast GPU path (issue 7) is a set of options to `from_folde
                    itself: with cuda_graph on, the compiled UNet is what the graph replays)
 All three keep the outputs of eager mode up to kernel-level rounding. `fast=True` turns on the first two
 on CUDA (compile costs minutes the first time, so it stays opt-in).
+
+`vae="tiny"` encodes and decodes with the model folder's optional `vae_tiny/` (diffusers AutoencoderTiny, TAESD:
+about 10x cheaper than the SD VAE, slightly softer images) instead of `vae/`. TAESD works in SD's *scaled* latent
+space, our contract in the unscaled one (base.py), so `tiny_vae_encode` / `tiny_vae_decode` convert with the
+model's scaling factor (vae/config.json, 0.18215 for SD 1.5; never the tiny VAE's own 1.0). The ONNX exporter
+wraps the same two functions, so both engines share one definition.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..model_files import check_diffusers_folder, read_json
+from ..errors import IcvError
+from ..model_files import TINY_VAE_FOLDER, VAE_KINDS, check_diffusers_folder, check_tiny_vae_folder, read_json
 from .base import ModelInfo
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -27,8 +34,6 @@ def parse_dtype(dtype, device: torch.device) -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    from ..errors import IcvError
-
     if dtype not in DTYPES:
         raise IcvError(f"unknown dtype {dtype!r}: choose one of fp32, fp16, bf16")
     return DTYPES[dtype]
@@ -48,13 +53,41 @@ def model_info(folder: Path) -> ModelInfo:
     )
 
 
+def parse_vae(vae: str | None) -> str:
+    """None means the model's own (full) VAE."""
+    if vae is None:
+        return "full"
+    if vae not in VAE_KINDS:
+        raise IcvError(f"unknown vae {vae!r}: choose full (the model's VAE) or tiny (vae_tiny/, TAESD)")
+    return vae
+
+
+def tiny_vae_encode(tiny_vae, pixels: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """[-1, 1] pixels -> UNSCALED image latents, as the SD VAE's posterior mode gives them (DESIGN.md 3).
+
+    AutoencoderTiny's `.latents` are already in the scaled space (SD's mode * scaling_factor), so divide. diffusers'
+    own InstructPix2Pix pipeline with vae=AutoencoderTiny takes `.latents` as they are, which hands the UNet image
+    latents off by this factor: we do not copy that.
+    """
+    return tiny_vae.encode(pixels).latents / scaling_factor
+
+
+def tiny_vae_decode(tiny_vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """Latents already divided by the scaling factor (the backend contract) -> [-1, 1] pixels.
+    The tiny decoder takes scaled latents, so multiply back."""
+    return tiny_vae.decode(latents * scaling_factor, return_dict=False)[0]
+
+
 class TorchBackend:
     name = "torch"
 
     def __init__(self, unet, vae, text_encoder, info: ModelInfo, device: torch.device, dtype: torch.dtype,
-                 channels_last: bool = False, cuda_graph: bool = False, compile: bool = False, compile_mode: str | None = None):
+                 channels_last: bool = False, cuda_graph: bool = False, compile: bool = False, compile_mode: str | None = None,
+                 vae_kind: str = "full"):
+        """`vae` is an AutoencoderKL (vae_kind "full") or an AutoencoderTiny (vae_kind "tiny")."""
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.info, self.device, self.dtype = info, device, dtype
+        self.vae_kind = vae_kind
         self.options = {"channels_last": channels_last, "cuda_graph": cuda_graph, "compile": compile}
         if channels_last:
             unet.to(memory_format=torch.channels_last)
@@ -75,17 +108,24 @@ class TorchBackend:
 
     @classmethod
     def from_folder(cls, folder, device="cpu", dtype=None, attention: str = "sdpa", channels_last: bool | None = None,
-                    cuda_graph: bool | None = None, compile: bool = False, compile_mode: str | None = None, fast: bool = False):
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+                    cuda_graph: bool | None = None, compile: bool = False, compile_mode: str | None = None, fast: bool = False,
+                    vae: str | None = "full"):
+        from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
         from transformers import CLIPTextModel
 
         folder = Path(folder)
         check_diffusers_folder(folder)
+        vae_kind = parse_vae(vae)
+        if vae_kind == "tiny":
+            check_tiny_vae_folder(folder)  # before loading anything: a missing vae_tiny/ is one line, at once
         device = torch.device(device)
         dtype = parse_dtype(dtype, device)
         kw = dict(torch_dtype=dtype, use_safetensors=True)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
+        if vae_kind == "tiny":
+            vae = AutoencoderTiny.from_pretrained(folder, subfolder=TINY_VAE_FOLDER, **kw)
+        else:
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", **kw)
         if attention == "sdpa":
             from diffusers.models.attention_processor import AttnProcessor2_0
@@ -96,8 +136,9 @@ class TorchBackend:
         on_cuda = device.type == "cuda"
         channels_last = (fast and on_cuda) if channels_last is None else channels_last
         cuda_graph = (fast and on_cuda) if cuda_graph is None else cuda_graph
+        # model_info reads vae/config.json even with the tiny VAE: the scaling factor is the main model's.
         return cls(unet, vae, text_encoder, model_info(folder), device, dtype, channels_last=channels_last,
-                   cuda_graph=cuda_graph, compile=compile, compile_mode=compile_mode)
+                   cuda_graph=cuda_graph, compile=compile, compile_mode=compile_mode, vae_kind=vae_kind)
 
     @torch.inference_mode()
     def encode_text(self, input_ids):
@@ -108,6 +149,8 @@ class TorchBackend:
         pixels = pixels.to(self.device, self.dtype)
         if self.options["channels_last"]:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
+        if self.vae_kind == "tiny":
+            return tiny_vae_encode(self.vae, pixels, self.info.scaling_factor)
         return self.vae.encode(pixels).latent_dist.mode()
 
     @torch.inference_mode()
@@ -120,4 +163,6 @@ class TorchBackend:
 
     @torch.inference_mode()
     def decode_latents(self, latents):
+        if self.vae_kind == "tiny":
+            return tiny_vae_decode(self.vae, latents.to(self.dtype), self.info.scaling_factor)
         return self.vae.decode(latents.to(self.dtype), return_dict=False)[0]

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import IcvError, ModelFilesError
 from .base import ModelInfo
-from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, info_from_manifest, read_manifest, sha256_file
+from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, check_vae_choice, info_from_manifest, read_manifest, sha256_file
 
 METADATA_NAME = "engines.json"
 FORMAT = "icv-deploy-tensorrt"
@@ -153,9 +153,12 @@ class TrtBackend:
         self.cuda_graph = cuda_graph
 
     @classmethod
-    def from_folder(cls, folder, device="cuda", dtype=None, cuda_graph: bool = False):
+    def from_folder(cls, folder, device="cuda", dtype=None, cuda_graph: bool = False, vae: str | None = None):
+        """`vae` None takes the engines' VAE; "full"/"tiny" must match the ONNX folder they were built from."""
         folder = Path(folder)
         metadata = check_engine_folder(folder)  # before importing TensorRT: a bad folder is a bad folder anywhere
+        # Engine folders record the VAE only where build-engines copied it from the ONNX manifest: unknown is no refusal.
+        check_vae_choice(metadata.get("vae"), vae, folder, redo="rebuild the engines from an ONNX folder exported")
         if dtype not in (None, "fp16", "float16", torch.float16, "fp32", "float32", torch.float32):
             raise IcvError(f"dtype {dtype!r}: TensorRT engines are built fp16 with float32 I/O (fp16 or None)")
         device = torch.device(device)
@@ -169,7 +172,9 @@ class TrtBackend:
             name: TrtEngine(folder / metadata["engines"][name]["path"], _profile(metadata, name), device)
             for name in SUBMODEL_NAMES
         }
-        return cls(engines, info_from_manifest(metadata, folder), device, metadata, cuda_graph)
+        backend = cls(engines, info_from_manifest(metadata, folder), device, metadata, cuda_graph)
+        backend.vae_kind = metadata.get("vae", "full")
+        return backend
 
     # -- the four calls (DESIGN.md 8) --------------------------------------------------------------------------
     def encode_text(self, input_ids):
