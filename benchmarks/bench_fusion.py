@@ -22,7 +22,7 @@ CUDA_ONLY_FUSIONS = ("enable_group_norm", "enable_skip_group_norm", "enable_bias
 
 def _numpy2_head_count() -> None:
     """Patch FusionAttentionUnet.get_num_heads (PyTorch-2 pattern) to read a one-element array with .item()."""
-    from onnxruntime.transformers.optimizer import optimize_model  # noqa: F401  (imports the fusion modules)
+    import onnxruntime.transformers.optimizer  # noqa: F401  (importing it loads the fusion modules patched below)
 
     for name, module in list(sys.modules.items()):
         if not name.endswith("fusion_attention_unet") or getattr(module, "_icv_patched", False):

@@ -210,6 +210,31 @@ def test_icv_eval_with_a_random_tiny_model(tiny_model, synth_dir, tmp_path, monk
     assert calls == []
 
 
+def test_vae_choice_reaches_the_runtime_and_must_match_to_resume(synth_dir, tmp_path, monkeypatch):
+    pipe, opened = OraclePipe(synth_dir), []
+    monkeypatch.setattr("icv_deploy.load", lambda *a, **k: opened.append(k) or pipe)
+    out, args = tmp_path / "eval", ["--data", f"synth:{synth_dir}", "--limit", "1", "--tasks", "segmentation"]
+    assert _eval(out, *args, "--vae", "tiny").exit_code == 0
+    assert opened[0]["vae"] == "tiny"
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["settings"]["vae"] == "tiny" and "tiny VAE" in report["label"]
+    refused = _eval(out, *args)  # the model's own VAE now: other predictions, so no resuming into this folder
+    assert refused.exit_code == 2 and "vae 'tiny'" in refused.output
+
+
+@pytest.mark.slow
+def test_icv_eval_with_the_tiny_vae(taesd_model, synth_dir, tmp_path):
+    out = tmp_path / "eval"
+    args = ["--model", str(taesd_model), "--device", "cpu", "--vae", "tiny", "--data", f"synth:{synth_dir}", "--limit", "1",
+            "--tasks", "depth", "--steps", "1", "--resolution", "32", "--out", str(out)]
+    result = CliRunner().invoke(ev.main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["queries"] == 1 and math.isfinite(report["results"]["depth"]["synth"]["rmse"])
+    records = [json.loads(line) for line in (out / "predictions.rank0.jsonl").read_text().splitlines()]
+    assert len(records) == 1
+
+
 def test_build_folder_source(oracle, synth_dir, tmp_path):
     """An `icv-data build` folder: ground truth decoded from the painted targets (approximate for depth)."""
     from icv_deploy.training.build import build

@@ -29,9 +29,6 @@ import os
 import re
 import shutil
 import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -45,114 +42,11 @@ from icv_deploy.errors import IcvError
 from icv_deploy.tasks.encodings import COLORS, DEPTH_MAX_M, TASKS, encode_classification, encode_depth, encode_detection, encode_segmentation
 from icv_deploy.tasks.routing import DEFAULT_COLORS
 
-from .datasets import Example, open_source
+from .datasets import Example
+from .eval_queries import Query, batches, collect_queries
 
 # Settings that change the predictions: a resumed run must use the same ones.
-SETTING_KEYS = ("model", "engine", "sampler", "steps", "seed", "resolution", "prompts")
-
-
-@dataclass
-class Query:
-    key: str  # unique in a run: dataset/image_id/task[/category], "#n" appended to repeats
-    task: str
-    category: str | None
-    dataset: str
-    image_id: str
-    instruction: str
-    load: Callable[[], Example]  # the image and its raw ground truth, read when the query runs
-    colors: tuple[str, str] | None = None  # classification: the instruction's (colour if present, if absent)
-
-
-# ------------------------------------------------------------------------------------------------- queries
-def collect_queries(sources: list[str], tasks, limit: int | None, prompts: str, seed: int) -> list[Query]:
-    queries: list[Query] = []
-    for source in sources:
-        found = _build_folder_queries(Path(source), tasks) if _is_build_folder(source) else _adapter_queries(source, tasks, prompts, seed)
-        queries += _limit(found, limit)
-    seen: dict[str, int] = {}
-    for q in queries:
-        n = seen[q.key] = seen.get(q.key, 0) + 1
-        if n > 1:
-            q.key = f"{q.key}#{n}"
-    if not queries:
-        raise IcvError(f"no queries: the data ({', '.join(sources)}) holds nothing for the tasks {', '.join(tasks or TASKS)}")
-    return queries
-
-
-def _key(*parts) -> str:
-    return "/".join(str(p) for p in parts if p is not None)
-
-
-def _is_build_folder(source: str) -> bool:
-    return (Path(source) / "dataset_info.json").is_file() or (Path(source) / "icv_build.json").is_file()
-
-
-def _adapter_queries(source: str, tasks, prompts: str, seed: int) -> list[Query]:
-    from .build import parse_source
-    from .prompts import choose_prompt, load_pool
-
-    if ":" not in source and Path(source).exists():
-        raise IcvError(f"--data {source}: not an `icv-data build` folder (no dataset_info.json); for raw data write KIND:ROOT")
-    kind, root, split = parse_source(source)
-    adapter = open_source(kind, root, split=split)
-    pool = load_pool() if prompts == "rephrased" else None
-    out = []
-    for ref in adapter.index(tasks):
-        key = _key(ref.source, ref.image_id, ref.task, ref.category)
-        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-        instruction, color1, color2 = choose_prompt(ref.task, ref.category, rng, prompts, pool)
-        out.append(Query(key, ref.task, ref.category, ref.source, ref.image_id, instruction,
-                         load=lambda ref=ref: adapter.load(ref), colors=(color1, color2) if color1 else None))
-    return out
-
-
-def _build_folder_queries(folder: Path, tasks) -> list[Query]:
-    import datasets
-
-    from icv_deploy.tasks.decoders import decode
-    from icv_deploy.tasks.routing import route
-
-    rows = datasets.load_from_disk(str(folder))
-    wanted = set(tasks or TASKS)
-    meta = rows.select_columns(["task", "category", "source", "image_id", "edit_prompt"])
-
-    def load(i: int) -> Example:
-        row = rows[i]
-        image, target = np.asarray(row["input_image"].convert("RGB")), np.asarray(row["edited_image"].convert("RGB"))
-        answer = decode(row["task"], target, route(row["edit_prompt"], task=row["task"]), image.shape[:2])
-        ex = Example(image=image, task=row["task"], category=row["category"], source=row["source"], image_id=row["image_id"])
-        ex.mask, ex.boxes, ex.depth, ex.present = answer.get("mask"), answer.get("boxes"), answer.get("depth"), answer.get("present")
-        return ex
-
-    out = []
-    for i, row in enumerate(meta):
-        if row["task"] in wanted:
-            r = route(row["edit_prompt"], task=row["task"])
-            key = _key(row["source"], row["image_id"], row["task"], row["category"])
-            out.append(Query(key, row["task"], row["category"], row["source"], row["image_id"], row["edit_prompt"],
-                             load=lambda i=i: load(i), colors=(r.color_if_present, r.color_if_absent) if r.color_if_present else None))
-    return out
-
-
-def _limit(queries: list[Query], limit: int | None) -> list[Query]:
-    """The first `limit` queries of each (dataset, task), in index order."""
-    if not limit:
-        return queries
-    counts: dict[tuple[str, str], int] = {}
-    kept = []
-    for q in queries:
-        n = counts[(q.dataset, q.task)] = counts.get((q.dataset, q.task), 0) + 1
-        if n <= limit:
-            kept.append(q)
-    return kept
-
-
-def batches(queries: list[Query], batch: int) -> list[list[Query]]:
-    """Queries of the same image and task, in chunks of `batch` (one run_many call each)."""
-    groups: dict[tuple[str, str, str], list[Query]] = {}
-    for q in queries:
-        groups.setdefault((q.dataset, q.image_id, q.task), []).append(q)
-    return [g[i:i + batch] for g in groups.values() for i in range(0, len(g), batch)]
+SETTING_KEYS = ("model", "engine", "sampler", "steps", "seed", "resolution", "prompts", "vae")
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -297,7 +191,7 @@ def _process_state(device: str | None):
 def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch", device: str | None = None,
              tasks=None, limit: int | None = None, steps: int | None = None, sampler: str | None = None,
              seed: int = 0, resolution: int | None = None, batch: int = 1, prompts: str = "fixed",
-             examples: int = 4, restart: bool = False, progress: bool = True) -> dict | None:
+             examples: int = 4, restart: bool = False, progress: bool = True, vae: str | None = None) -> dict | None:
     """Run the evaluation (module docstring); returns the metrics.json content on the main process."""
     from tqdm import tqdm
 
@@ -313,7 +207,7 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
             state.wait_for_everyone()
 
     settings = {"model": str(model), "engine": engine, "sampler": sampler, "steps": steps, "seed": seed,
-                "resolution": resolution, "prompts": prompts}
+                "resolution": resolution, "prompts": prompts, "vae": vae}
     run_file = out / "run.json"
     if run_file.exists() and not restart:
         saved = json.loads(run_file.read_text())
@@ -344,7 +238,7 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
         device = str(state.device) if state is not None else ("cuda" if _cuda() else "cpu")
 
     if todo:
-        pipe = icv_deploy.load(model, engine=engine, device=device)
+        pipe = icv_deploy.load(model, engine=engine, device=device, vae=vae)
         pipe.progress = False
         log = PredictionLog(out, rank)
         pictures = {t: len(list((out / "examples" / t).glob("*.png"))) for t in TASKS}
@@ -375,7 +269,8 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
     if len(wanted) < len(queries):
         raise IcvError(f"{len(queries) - len(wanted)} queries have no result in {out}; rerun to finish them")
     results = compute_metrics(wanted)
-    label = f"{Path(str(model)).name} ({engine}, {sampler or 'default sampler'}, {steps or 'default'} steps)"
+    label = f"{Path(str(model)).name} ({engine}, {sampler or 'default sampler'}, {steps or 'default'} steps" + \
+        (f", {vae} VAE)" if vae else ")")
     report = {"settings": settings, "data": list(data), "queries": len(wanted), "results": results, "label": label}
     write_json(out / "metrics.json", _json_safe(report))
     table = f"{metrics.table1({label: results})}\n{metrics.details_table(results)}"
@@ -426,11 +321,14 @@ def _task_list(ctx, param, value):
 @click.option("--prompts", type=click.Choice(["fixed", "rephrased"]), default="fixed", show_default=True,
               help="fixed templates, or paraphrases from the pool (the paper's Table 1 used rephrased).")
 @click.option("--examples", type=click.IntRange(0), default=4, show_default=True, help="Example pictures saved per task.")
+@click.option("--vae", type=click.Choice(["full", "tiny"]), default=None,
+              help="Autoencoder: full (the model's SD VAE) or tiny (TAESD from <model>/vae_tiny, or an ONNX folder exported "
+                   "with --vae tiny): how much accuracy the tiny VAE costs. [default: the model's own]")
 @click.option("--restart", is_flag=True, help="Discard the results already in --out instead of resuming.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
 @debug_option
 @one_line_errors
-def main(model, engine, device, data, tasks, limit, steps, sampler, seed, resolution, batch, prompts, examples, restart, out):
+def main(model, engine, device, data, tasks, limit, steps, sampler, seed, resolution, batch, prompts, examples, vae, restart, out):
     """Evaluate a model on segmentation, detection, depth and classification data, as in the paper's Table 1.
 
     Writes OUT/metrics.json, OUT/table.md, OUT/examples/ and per-query results (OUT/predictions.rank*.jsonl);
@@ -439,7 +337,7 @@ def main(model, engine, device, data, tasks, limit, steps, sampler, seed, resolu
     """
     report = evaluate(model, list(data), out, engine=engine, device=device, tasks=tasks, limit=limit, steps=steps,
                       sampler=sampler, seed=seed, resolution=resolution, batch=batch, prompts=prompts,
-                      examples=examples, restart=restart)
+                      examples=examples, restart=restart, vae=vae)
     if report is not None:
         click.echo((Path(out) / "table.md").read_text())
         click.echo(f"{report['queries']} queries; metrics in {Path(out) / 'metrics.json'}")

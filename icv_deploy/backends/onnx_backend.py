@@ -3,8 +3,9 @@
 The contract between an exported folder and this runtime lives here (`graph_io`, `check_onnx_folder`): the
 runtime never imports the exporter (DESIGN.md 2); the exporter writes what these functions read.
 The folder's manifest is checked before any session is created (missing or truncated files, wrong channels, a
-graph I/O type this runtime does not feed, another VAE than the one asked for); each session's inputs are then checked against the manifest, so a
-graph swapped behind the manifest's back is refused too. Sessions are created once, in `from_folder`.
+graph I/O type this runtime does not feed, another VAE than the one asked for); each session's inputs are then
+checked against the manifest, so a graph swapped behind the manifest's back is refused too. Sessions are created
+once, in `from_folder`.
 
 Every graph takes and returns float32 (int64 token ids), whatever its precision: fp16 graphs cast inside. So
 `backend.dtype` is always float32 and `dtype` only selects (or checks) the folder's precision.
