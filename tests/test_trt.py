@@ -141,6 +141,7 @@ def test_build_engines_with_faked_tensorrt(fake_tensorrt, onnx_tiny_for_trt, tmp
     assert config["profiles"][0]["sample"] == ((3, 8, 16, 16), (3, 8, 32, 32), (3, 8, 64, 64))  # f = 2
     on_disk = json.loads((out / "engines.json").read_text())
     assert on_disk == meta and meta["tensorrt_version"] == "10.99.0" and meta["compute_capability"] == "8.0"
+    assert meta["vae"] == "full"  # copied from the ONNX manifest, so the runtime can refuse the other VAE
     assert meta["engines"]["unet"]["profile"]["sample"][2] == [3, 8, 64, 64]
     assert (out / "unet.plan").read_bytes().startswith(b"PLAN:") and (out / "tokenizer").is_dir()
     assert trt_rt.check_engine_folder(out)["engines"].keys() == meta["engines"].keys()
@@ -154,6 +155,17 @@ def test_build_engines_with_faked_tensorrt(fake_tensorrt, onnx_tiny_for_trt, tmp
         build_engines(onnx_tiny_for_trt, out, batch=1, min_res=32, opt_res=64, max_res=128, log=lambda *_: None)
     assert not (out / "unet.plan").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_engines_built_from_a_tiny_vae_export_say_so(fake_tensorrt, onnx_taesd, tmp_path):
+    from icv_deploy.backends.trt_backend import TrtBackend
+    from icv_deploy.export.engine import build_engines
+
+    out = tmp_path / "engines"
+    meta = build_engines(onnx_taesd, out, min_res=32, opt_res=64, max_res=128, log=lambda *_: None)
+    assert meta["vae"] == "tiny" and json.loads((out / "engines.json").read_text())["vae"] == "tiny"
+    with pytest.raises(ModelFilesError, match="tiny VAE, vae=full was asked for"):
+        TrtBackend.from_folder(out, vae="full")  # refused before TensorRT or a GPU is needed
 
 
 def test_engine_folder_refusals(fake_tensorrt, onnx_tiny_for_trt, tmp_path):
