@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,9 +23,11 @@ import click
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fusion beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_fusion and latency beside this script
 
-from icv_deploy.backends import ort_tuning
+from latency import DEFAULT_CACHE  # noqa: E402
+
+from icv_deploy.backends import ort_tuning  # noqa: E402
 
 # name -> keyword arguments for ort_tuning.session_options (plus static: pin the shapes, fused: bench_fusion's
 # graph), or None for onnxruntime's own defaults
@@ -40,7 +41,7 @@ VARIANTS = {
     # ORT's own transformer fusions (bench_fusion.py: Attention, MultiHeadAttention, SkipLayerNorm) + tuned-static
     "tuned-static-fused": dict(static=True, fused=True),
 }
-FUSED_CACHE = Path(os.environ.get("ICV_CACHE", Path.home() / ".cache" / "icv-deploy")) / "ort-fused"
+FUSED_CACHE = DEFAULT_CACHE / "ort-fused"  # beside latency.py's sd15-random and exports
 
 
 def make_session(unet_path: Path, variant: str, shapes: dict):

@@ -39,7 +39,7 @@ from icv_deploy import __version__
 from icv_deploy.atomic import write_json
 from icv_deploy.backends.torch_backend import model_info
 from icv_deploy.errors import IcvError
-from icv_deploy.model_files import VAE_KINDS, check_diffusers_folder, check_tiny_vae_folder, read_json, resolve_model
+from icv_deploy.model_files import check_diffusers_folder, check_tiny_vae_folder, parse_vae, read_json, resolve_model
 
 from . import manifest as mf
 from . import optimize, verify
@@ -63,8 +63,7 @@ def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str 
     `vae="tiny"` takes the VAE graphs from the model's vae_tiny/ (TAESD) instead of vae/."""
     if opset not in OPSETS:
         raise IcvError(f"opset {opset} is not supported: choose {OPSETS.start}..{OPSETS.stop - 1}")
-    if vae not in VAE_KINDS:
-        raise IcvError(f"unknown vae {vae!r}: choose full (the model's VAE) or tiny (vae_tiny/, TAESD)")
+    vae = parse_vae(vae) or "full"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise IcvError(f"device {device}: no CUDA GPU visible to PyTorch (use --device cpu)")
     model_dir = resolve_model(model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ModelFilesError
+from .errors import IcvError, ModelFilesError
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Only the diffusers component folders: hub repos also hold multi-GB single-file checkpoints and fp16 copies.
@@ -78,6 +78,13 @@ def check_diffusers_folder(folder: Path) -> None:
 TINY_VAE_FOLDER = "vae_tiny"
 VAE_KINDS = ("full", "tiny")  # the `vae` option of every backend: vae/ (AutoencoderKL) or vae_tiny/ (AutoencoderTiny)
 TINY_VAE_HINT = "copy a diffusers AutoencoderTiny such as madebyollin/taesd there"
+
+
+def parse_vae(vae: str | None) -> str | None:
+    """Check a `vae` option: "full", "tiny", or None (left to the caller: the model's own VAE)."""
+    if vae is not None and vae not in VAE_KINDS:
+        raise IcvError(f"unknown vae {vae!r}: choose full (the model's VAE) or tiny (vae_tiny/, TAESD), or leave it unset")
+    return vae
 # AutoencoderTiny's defaults (= madebyollin/taesd), for configs that leave the block lists out.
 _TINY_DEFAULT_BLOCKS = [64, 64, 64, 64]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import IcvError, ModelFilesError
-from ..model_files import VAE_KINDS
+from ..model_files import VAE_KINDS, parse_vae
 from .base import ModelInfo
 
 GRAPH_OPTIMIZATION = ("disable", "basic", "extended", "all")
@@ -91,10 +91,8 @@ def folder_vae(manifest: dict) -> str:
 
 def check_vae_choice(recorded: str | None, asked: str | None, folder: Path | str = "", redo: str = "re-export") -> None:
     """`asked` None takes whatever the folder has; "full" / "tiny" must match what it was exported with."""
-    if asked is None:
+    if parse_vae(asked) is None:
         return
-    if asked not in VAE_KINDS:
-        raise IcvError(f"unknown vae {asked!r}: choose full or tiny (or leave it unset for what the folder has)")
     if recorded is not None and recorded != asked:
         raise ModelFilesError(f"{folder}: its VAE graphs come from the {recorded} VAE, vae={asked} was asked for "
                               f"({redo} with `icv-export onnx --vae {asked}`, or leave vae unset)")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IcvError
-from ..model_files import TINY_VAE_FOLDER, VAE_KINDS, check_diffusers_folder, check_tiny_vae_folder, read_json
+from ..model_files import TINY_VAE_FOLDER, check_diffusers_folder, check_tiny_vae_folder, parse_vae, read_json
 from .base import ModelInfo
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -51,15 +51,6 @@ def model_info(folder: Path) -> ModelInfo:
         text_hidden_size=text["hidden_size"],
         max_text_tokens=text.get("max_position_embeddings", 77),
     )
-
-
-def parse_vae(vae: str | None) -> str:
-    """None means the model's own (full) VAE."""
-    if vae is None:
-        return "full"
-    if vae not in VAE_KINDS:
-        raise IcvError(f"unknown vae {vae!r}: choose full (the model's VAE) or tiny (vae_tiny/, TAESD)")
-    return vae
 
 
 def tiny_vae_encode(tiny_vae, pixels: torch.Tensor, scaling_factor: float) -> torch.Tensor:
@@ -115,7 +106,7 @@ class TorchBackend:
 
         folder = Path(folder)
         check_diffusers_folder(folder)
-        vae_kind = parse_vae(vae)
+        vae_kind = parse_vae(vae) or "full"  # None: the model's own VAE
         if vae_kind == "tiny":
             check_tiny_vae_folder(folder)  # before loading anything: a missing vae_tiny/ is one line, at once
         device = torch.device(device)

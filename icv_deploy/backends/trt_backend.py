@@ -19,7 +19,7 @@ import torch
 
 from ..errors import IcvError, ModelFilesError
 from .base import ModelInfo
-from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, check_vae_choice, info_from_manifest, read_manifest
+from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, check_vae_choice, folder_vae, info_from_manifest, read_manifest
 from .onnx_backend import sha256_file  # noqa: F401  (export/engine.py hashes plans through this module)
 
 METADATA_NAME = "engines.json"
@@ -145,6 +145,7 @@ class TrtBackend:
     def __init__(self, engines: dict[str, TrtEngine], info: ModelInfo, device: torch.device, metadata: dict,
                  cuda_graph: bool = False):
         self.engines, self.info, self.device, self.metadata = engines, info, device, metadata
+        self.vae_kind = folder_vae(metadata)  # build-engines copies the ONNX manifest's "vae"; absent means full
         self.dtype = torch.float32  # engine I/O type; the engines compute in fp16 inside
         self._unet = engines["unet"]
         if cuda_graph:
@@ -173,9 +174,7 @@ class TrtBackend:
             name: TrtEngine(folder / metadata["engines"][name]["path"], _profile(metadata, name), device)
             for name in SUBMODEL_NAMES
         }
-        backend = cls(engines, info_from_manifest(metadata, folder), device, metadata, cuda_graph)
-        backend.vae_kind = metadata.get("vae", "full")
-        return backend
+        return cls(engines, info_from_manifest(metadata, folder), device, metadata, cuda_graph)
 
     # -- the four calls (DESIGN.md 8) --------------------------------------------------------------------------
     def encode_text(self, input_ids):
