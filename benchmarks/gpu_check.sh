@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # GPU check for icv-deploy, one run of under 8 minutes on a single H100 or H200, no network:
-#   1. torch-CUDA parity with the CPU path on a tiny random model (fp32, fp16, fp16 fast path, diffusers);
+#   1. torch-CUDA parity with the CPU path on a tiny random model (fp32, fp16, each eager and fast, the fast path
+#      with K = 2 instructions, diffusers);
 #   2. the diffusers baseline (paper settings, 100 Euler-ancestral steps) and the fast torch paths at 256 px,
 #      fp16, 10 dpmpp_2m steps, on sd15-random (full-size SD 1.5 architecture, random weights, built here);
 #      then the fast path with the tiny VAE (TAESD) and with K = 4 instructions, as the time allows.
 # Results go to $OUT (if set) or ./gpu-check-out: gpu_check.json, latency_gpu*.json, latency_gpu.png, log.txt.
 #
 # Usage, from the repository root:   bash benchmarks/gpu_check.sh [--compile]
+# (tests/test_bench.py runs gpu_check.py's --smoke mode on the CPU, so the script itself is tested here.)
 #
 # Nothing is downloaded. What the script needs beyond PyTorch: numpy, pillow, opencv-python-headless, click,
 # rich, tqdm, psutil, matplotlib, transformers, safetensors, tokenizers, regex, and diffusers. A machine that

@@ -216,3 +216,54 @@ def test_latency_cli_refuses_unknown_engine(tmp_path):
 
     result = CliRunner().invoke(latency.main, ["--engine", "torch,tensorflow", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 2 and "unknown engine" in result.output
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_every_phase_in_smoke_mode(taesd_model, tmp_path):
+    """The GPU check gets one run per GPU session: its smoke mode runs every phase on the CPU here, so the
+    script's own plumbing (parity table, latency arguments, JSON, exit status) is not first tried on a GPU."""
+    import gpu_check
+
+    out = tmp_path / "out"
+    code = gpu_check.main(["--out", str(out), "--device", "cpu", "--smoke", str(taesd_model),
+                           "--cache-dir", str(tmp_path / "cache")])
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert code == 0, report
+    assert report["device"] == "cpu" and report["gpu"] is None
+    assert set(report["parity"]) == {"fp32", "fp32_fast", "fp32_fast_k2", "diffusers_fp32"}  # fp16 is CUDA-only
+    for name, entry in report["parity"].items():
+        assert entry["ok"] and 0 <= entry["max_abs_diff_vs_cpu_fp32"] <= gpu_check.TOLERANCES[name], (name, entry)
+    latency = json.loads((out / "latency_gpu.json").read_text())
+    assert [e["engine"] for e in latency["engines"]] == ["torch", "torch-fast"] and latency["baseline_extrapolated"]
+    assert (out / "latency_gpu.png").read_bytes()[:4] == b"\x89PNG"
+    tiny_vae = json.loads((out / "latency_gpu_tiny_vae.json").read_text())
+    assert [(e["engine"], e["vae"]) for e in tiny_vae["engines"]] == [("torch-fast", "tiny")]
+    k4 = json.loads((out / "latency_gpu_k4.json").read_text())
+    assert k4["settings"]["batch_instructions"] == 4 and k4["engines"][0]["latent_shape"][0] == 4
+
+    # What only a GPU run prints: each engine's ratio to the paper's 5 s on an A100, naming the GPU.
+    from rich.console import Console
+
+    from bench_baseline import PAPER_A100_MS
+    from bench_report import add_relative_figures, print_table
+
+    latency["machine"]["gpu"] = "NVIDIA H100 80GB HBM3"
+    add_relative_figures(latency)
+    console = Console(record=True, width=200)
+    print_table(latency, console)
+    text = console.export_text()
+    for e in latency["engines"]:
+        assert e["speedup_vs_paper_a100_5s"] == round(PAPER_A100_MS / e["end_to_end_ms"], 1)
+        assert f"{e['engine']}: {e['end_to_end_ms']:.1f} ms on NVIDIA H100 80GB HBM3" in text
+
+
+def test_gpu_check_parity_fails_loudly_beyond_its_tolerance(tmp_path, monkeypatch):
+    """A parity run that differs from the CPU reference by more than its tolerance is reported as failed."""
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "parity_runs", lambda model, image, device: {  # latents of a 64 px image, VAE factor 2
+        "fp32": (gpu_check.INSTRUCTIONS[:1], lambda: torch.zeros(1, 4, 32, 32)),
+        "fp16": (gpu_check.INSTRUCTIONS[:1], lambda: torch.zeros(1, 4, 8, 8))})
+    result = gpu_check.parity(tmp_path, "cpu")
+    assert result["fp32"]["ok"] is False and result["fp32"]["max_abs_diff_vs_cpu_fp32"] > gpu_check.TOLERANCES["fp32"]
+    assert result["fp16"]["ok"] is False and "size of tensor" in result["fp16"]["error"]  # a run that breaks is a failure too
