@@ -63,6 +63,7 @@ def sd15_random(cache: Path, vae: str = "full") -> Path:
     """The full-size random SD 1.5 InstructPix2Pix folder, built once (atomically) and reused; with vae="tiny"
     a random TAESD (the real architecture) is added to it once as vae_tiny/."""
     from icv_deploy.atomic import atomic_dir
+    from icv_deploy.model_files import TINY_VAE_FOLDER
     from icv_deploy.testing import add_tiny_vae, make_sd15_model
 
     folder = cache / "sd15-random"
@@ -70,8 +71,8 @@ def sd15_random(cache: Path, vae: str = "full") -> Path:
         click.echo(f"building the random SD 1.5 model (4.3 GB) into {folder} (once)", err=True)
         with atomic_dir(folder) as tmp:
             make_sd15_model(tmp)
-    if vae == "tiny" and not (folder / "vae_tiny" / "config.json").exists():
-        click.echo(f"adding a random TAESD to {folder}/vae_tiny (once)", err=True)
+    if vae == "tiny" and not (folder / TINY_VAE_FOLDER / "config.json").exists():
+        click.echo(f"adding a random TAESD to {folder / TINY_VAE_FOLDER} (once)", err=True)
         add_tiny_vae(folder)
     return folder
 

@@ -62,10 +62,21 @@ def make_session(unet_path: Path, variant: str, shapes: dict):
     return ort.InferenceSession(str(unet_path), so, providers=["CPUExecutionProvider"])
 
 
-def vae_scale_factor(onnx_model: Path) -> int:
-    from icv_deploy.model_files import read_json
+def onnx_model_info(onnx_model: Path):
+    """The sizes an ONNX folder's manifest records (VAE scale factor, text width, ...): icv_deploy's ModelInfo."""
+    from icv_deploy.backends.onnx_backend import info_from_manifest, read_manifest
 
-    return 2 ** (len(read_json(onnx_model / "vae_decoder" / "config.json")["block_out_channels"]) - 1)
+    return info_from_manifest(read_manifest(onnx_model), onnx_model)
+
+
+def load_torch_unet(torch_model: Path):
+    """The diffusers UNet of `torch_model` in eval mode, with the SDPA attention the torch backend runs."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = UNet2DConditionModel.from_pretrained(torch_model, subfolder="unet", use_safetensors=True).eval()
+    unet.set_attn_processor(AttnProcessor2_0())
+    return unet
 
 
 def unet_inputs(batch: int, latent: int, seed: int = 0, text_width: int = 768) -> dict[str, np.ndarray]:
@@ -77,25 +88,12 @@ def unet_inputs(batch: int, latent: int, seed: int = 0, text_width: int = 768) -
     }
 
 
-def text_width(onnx_model: Path) -> int:
-    from icv_deploy.backends.onnx_backend import info_from_manifest, read_manifest
-
-    return info_from_manifest(read_manifest(onnx_model), onnx_model).text_hidden_size
-
-
-def run_sweep(onnx_model: Path, torch_model: Path | None, variants: list[str], batch: int, latent: int,
-              repeats: int, log=print) -> dict:
-    feeds = unet_inputs(batch, latent, text_width=text_width(onnx_model))
+def run_sweep(onnx_model: Path, torch_unet, variants: list[str], batch: int, latent: int, repeats: int, log=print) -> dict:
+    """Time each variant's session on the UNet step; `torch_unet` (load_torch_unet, or None) adds paired PyTorch timings."""
+    feeds = unet_inputs(batch, latent, text_width=onnx_model_info(onnx_model).text_hidden_size)
     shapes = {k: v.shape for k, v in feeds.items()}
     unet_path = onnx_model / "unet" / "model.onnx"
-    torch_unet = None
-    if torch_model is not None:
-        from diffusers import UNet2DConditionModel
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        torch_unet = UNet2DConditionModel.from_pretrained(torch_model, subfolder="unet", use_safetensors=True).eval()
-        torch_unet.set_attn_processor(AttnProcessor2_0())
-        torch_feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    torch_feeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
     def torch_step():
         with torch.inference_mode():
@@ -151,7 +149,9 @@ def main(onnx_model, torch_model, variants, batch, resolution, repeats, json_out
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise click.BadParameter(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    out = run_sweep(onnx_model, torch_model, names, batch, resolution // vae_scale_factor(onnx_model), repeats, log=lambda s: print(s, file=sys.stderr))
+    torch_unet = load_torch_unet(torch_model) if torch_model is not None else None
+    latent = resolution // onnx_model_info(onnx_model).vae_scale_factor
+    out = run_sweep(onnx_model, torch_unet, names, batch, latent, repeats, log=lambda s: print(s, file=sys.stderr))
     print(json.dumps(out, indent=2))
     if json_out:
         from icv_deploy.atomic import write_json

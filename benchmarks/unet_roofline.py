@@ -24,16 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ort_unet_sweep import run_sweep, text_width, unet_inputs, vae_scale_factor  # noqa: E402
+from ort_unet_sweep import load_torch_unet, onnx_model_info, run_sweep, unet_inputs  # noqa: E402
 
 
-def count_flops(torch_model: Path, batch: int, latent: int, width: int = 768) -> dict:
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor2_0
+def count_flops(unet, batch: int, latent: int, width: int = 768) -> dict:
+    """FLOPs of one call of the diffusers `unet` (load_torch_unet) on a batch x 8 x latent^2 input."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = UNet2DConditionModel.from_pretrained(torch_model, subfolder="unet", use_safetensors=True).eval()
-    unet.set_attn_processor(AttnProcessor2_0())
     feeds = {k: torch.from_numpy(v) for k, v in unet_inputs(batch, latent, text_width=width).items()}
     attention = [0]
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -104,10 +101,12 @@ def kernel_ceiling(batch: int, latent: int) -> dict:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the results here.")
 def main(onnx_model, torch_model, batch, resolution, repeats, target, json_out):
     """FLOPs of the guided UNet step, this machine's kernel ceiling, and the rates ORT and PyTorch reach."""
-    latent = resolution // vae_scale_factor(onnx_model)
-    flops = count_flops(torch_model, batch, latent, text_width(onnx_model))
+    info = onnx_model_info(onnx_model)
+    latent = resolution // info.vae_scale_factor
+    unet = load_torch_unet(torch_model)  # loaded once: counted here, then timed against ORT by run_sweep
+    flops = count_flops(unet, batch, latent, info.text_hidden_size)
     ceiling = kernel_ceiling(batch, latent)
-    sweep = run_sweep(onnx_model, torch_model, ["tuned-static"], batch, latent, repeats, log=lambda s: print(s, file=sys.stderr))
+    sweep = run_sweep(onnx_model, unet, ["tuned-static"], batch, latent, repeats, log=lambda s: print(s, file=sys.stderr))
     step = sweep["variants"]["tuned-static"]
     gflop = flops["total_gflop"]
     ort_rate = gflop / step["ort_median_ms"] * 1000

@@ -21,7 +21,7 @@ from icv_deploy.backends import trt_backend as trt_rt
 from icv_deploy.backends.onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, check_onnx_folder, info_from_manifest
 from icv_deploy.errors import IcvError
 
-from .manifest import write_manifest
+from .manifest import sha256_file, write_manifest
 from .submodels import submodels, trt_profile
 
 GPU_EXTRA_HINT = "pip install 'icv-deploy[gpu]' on a machine with an NVIDIA GPU and CUDA (it brings tensorrt and polygraphy)"
@@ -101,7 +101,7 @@ def build_engines(onnx_dir, output, batch: int = 1, min_res: int = 128, opt_res:
         else:
             log(f"{name}: building (minutes for the UNet) ...")
             Engine(plan).build(onnx_dir / source["path"], profiles[name], fp16=True, timing_cache=timing_cache)
-        engines[name] = {"path": plan.name, "bytes": plan.stat().st_size, "sha256": trt_rt.sha256_file(plan),
+        engines[name] = {"path": plan.name, "bytes": plan.stat().st_size, "sha256": sha256_file(plan),
                          "onnx_sha256": source["sha256"], "profile": profiles[name]}
 
     for folder in COPIED_FOLDERS:

@@ -206,8 +206,8 @@ def load_module(model_dir: Path, name: str, device: str = "cpu", vae: str = "ful
         scaling_factor = model_info(model_dir).scaling_factor  # vae/config.json's, never the tiny VAE's 1.0
         module = (TinyVaeEncoderModule if name == "vae_encoder" else TinyVaeDecoderModule)(tiny, scaling_factor)
     else:
-        vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **kw)
-        module = VaeEncoderModule(vae) if name == "vae_encoder" else VaeDecoderModule(vae)
+        kl = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", **kw)  # not `vae`: that is the choice above
+        module = VaeEncoderModule(kl) if name == "vae_encoder" else VaeDecoderModule(kl)
     return module.to(device).eval().requires_grad_(False)
 
 

@@ -85,6 +85,8 @@ def parse_vae(vae: str | None) -> str | None:
     if vae is not None and vae not in VAE_KINDS:
         raise IcvError(f"unknown vae {vae!r}: choose full (the model's VAE) or tiny (vae_tiny/, TAESD), or leave it unset")
     return vae
+
+
 # AutoencoderTiny's defaults (= madebyollin/taesd), for configs that leave the block lists out.
 _TINY_DEFAULT_BLOCKS = [64, 64, 64, 64]
 

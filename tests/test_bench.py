@@ -86,12 +86,12 @@ def test_roofline_flop_count_matches_the_counter_on_explicit_attention(tiny_mode
     FlopCounterMode sees them: both totals must agree."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
-    from ort_unet_sweep import unet_inputs
+    from ort_unet_sweep import load_torch_unet, unet_inputs
     from torch.utils.flop_counter import FlopCounterMode
     from unet_roofline import count_flops
 
     width = json.loads((tiny_model / "text_encoder" / "config.json").read_text())["hidden_size"]
-    counted = count_flops(tiny_model, batch=3, latent=16, width=width)["by_op_flops"]
+    counted = count_flops(load_torch_unet(tiny_model), batch=3, latent=16, width=width)["by_op_flops"]
     unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
     unet.set_attn_processor(AttnProcessor())
     feeds = {k: torch.from_numpy(v) for k, v in unet_inputs(3, 16, text_width=width).items()}

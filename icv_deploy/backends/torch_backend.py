@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from ..errors import IcvError
-from ..model_files import TINY_VAE_FOLDER, check_diffusers_folder, check_tiny_vae_folder, parse_vae, read_json
+from ..model_files import (TINY_VAE_FOLDER, check_diffusers_folder, check_tiny_vae_folder, parse_vae, read_json,
+                           vae_scale_factor)
 from .base import ModelInfo
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -46,7 +47,7 @@ def model_info(folder: Path) -> ModelInfo:
     return ModelInfo(
         latent_channels=vae.get("latent_channels", 4),
         unet_in_channels=unet["in_channels"],
-        vae_scale_factor=2 ** (len(vae["block_out_channels"]) - 1),
+        vae_scale_factor=vae_scale_factor(vae),
         scaling_factor=vae.get("scaling_factor", 0.18215),
         text_hidden_size=text["hidden_size"],
         max_text_tokens=text.get("max_position_embeddings", 77),

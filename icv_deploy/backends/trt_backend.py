@@ -20,7 +20,6 @@ import torch
 from ..errors import IcvError, ModelFilesError
 from .base import ModelInfo
 from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, check_vae_choice, folder_vae, info_from_manifest, read_manifest
-from .onnx_backend import sha256_file  # noqa: F401  (export/engine.py hashes plans through this module)
 
 METADATA_NAME = "engines.json"
 FORMAT = "icv-deploy-tensorrt"
