@@ -1,4 +1,4 @@
-"""`icv-export`: ONNX export and TensorRT engine builds (DESIGN.md 7).
+"""`icv-export`: ONNX export and TensorRT engine builds (docs/DESIGN.md §7).
 
     icv-export onnx --model MODEL --output onnx/ [--fp16] [--opset 17] [--no-verify] [--vae full|tiny]
     icv-export build-engines --onnx onnx/ --output engines/ [--min-resolution 128 --opt-resolution 256 --max-resolution 512]
@@ -69,17 +69,20 @@ def onnx_command(model, output, opset, fp16, device, vae, verify):
 @click.option("--static", is_flag=True, help="Fix every shape at the opt resolution and batch (for CUDA graphs).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache to read and update (default: OUTPUT/timing.cache).")
+@click.option("--device", default="cuda", show_default=True,
+              help="GPU to build on: cuda (the current one) or cuda:N. Engines run only on that GPU model.")
 @debug_option
 @one_line_errors
 def build_engines_command(onnx_dir, model, output, min_resolution, opt_resolution, max_resolution, batch, static,
-                          timing_cache):
+                          timing_cache, device):
     """Build TensorRT fp16 engines (one .plan per submodel) with an optimisation profile and metadata."""
     from tqdm.auto import tqdm
 
-    from .engine import build_engines, require_tensorrt
+    from .engine import build_engines, parse_build_device, require_tensorrt
 
     if (onnx_dir is None) == (model is None):
         raise IcvError("give exactly one of --onnx DIR or --model MODEL")
+    parse_build_device(device)
     require_tensorrt()  # before any export work: fail in a second, with the install hint
     if model is not None:
         from .onnx_export import export_onnx
@@ -88,7 +91,7 @@ def build_engines_command(onnx_dir, model, output, min_resolution, opt_resolutio
         export_onnx(model, onnx_dir, progress=tqdm, log=tqdm.write)
     metadata = build_engines(onnx_dir, output, batch=batch, min_res=min_resolution, opt_res=opt_resolution,
                              max_res=max_resolution, static=static, timing_cache=timing_cache, progress=tqdm,
-                             log=tqdm.write)
+                             log=tqdm.write, device=device)
     click.echo(f"wrote {output} (TensorRT {metadata['tensorrt_version']}, {metadata['gpu_name']})")
 
 

@@ -75,7 +75,7 @@ def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str 
     precision = "fp16" if fp16 else "fp32"
     # The SD VAE overflows in fp16 (force_upcast); TAESD does not (its config says force_upcast false).
     vae_cfg = read_json(model_dir / source_folder("vae_decoder", vae) / "config.json")
-    keep_vae_fp32 = bool(vae_cfg.get("force_upcast", True))
+    keep_vae_fp32 = optimize.vae_keeps_fp32(vae_cfg)
     state = {
         "source_model": str(model), "source_hash": mf.source_hash(model_dir), "opset": opset,
         "precision": precision, "external_data_threshold": external_data_threshold, "vae": vae, "done": {},

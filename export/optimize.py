@@ -56,26 +56,37 @@ def save(model: onnx.ModelProto, path: Path, external_data_threshold: int = EXTE
         onnx.save_model(model, path)
 
 
-def timestep_only_nodes(model: onnx.ModelProto, input_name: str = "timestep") -> list[str]:
-    """Names of the nodes that compute on `input_name` and on no other graph input (the time embedding).
+def vae_keeps_fp32(vae_config: dict) -> bool:
+    """The VAE asks to run in float32 (`force_upcast`, diffusers' default for AutoencoderKL; TAESD says false)."""
+    return bool(vae_config.get("force_upcast", True))
 
-    Shape-like values (outputs of Shape/Size) count as constants: the UNet expands the timestep to the sample's
+
+def fed_only_by(nodes, graph_inputs, input_name: str, shape_ops=("Shape", "Size")) -> list:
+    """Ids of the nodes that compute on `input_name` and on no other graph input, for any graph given as
+    topologically sorted `(id, op_type, input names, output names)`: ONNX nodes here, TensorRT layers in
+    export/engine.py, so both keep the same time embedding in float32.
+
+    Shape-like values (outputs of `shape_ops`) count as constants: the UNet expands the timestep to the sample's
     batch with Shape(sample), and that must not pull the expansion out of the timestep path.
     """
-    graph_inputs = {i.name for i in model.graph.input}
-    others = graph_inputs - {input_name}
-    from_timestep, from_others = {input_name}, set(others)
-    names = []
-    for node in model.graph.node:  # exported graphs are topologically sorted
-        ins = [i for i in node.input if i]
+    from_timestep, from_others = {input_name}, set(graph_inputs) - {input_name}
+    ids = []
+    for node_id, op_type, inputs, outputs in nodes:
+        ins = [i for i in inputs if i]
         touches_t = any(i in from_timestep for i in ins)
-        touches_other = node.op_type not in ("Shape", "Size") and any(i in from_others for i in ins)
+        touches_other = op_type not in shape_ops and any(i in from_others for i in ins)
         if touches_other:
-            from_others.update(node.output)
+            from_others.update(outputs)
         elif touches_t:
-            from_timestep.update(node.output)
-            names.append(node.name)
-    return names
+            from_timestep.update(outputs)
+            ids.append(node_id)
+    return ids
+
+
+def timestep_only_nodes(model: onnx.ModelProto, input_name: str = "timestep") -> list[str]:
+    """Names of the ONNX nodes on the time embedding path (`fed_only_by`; exported graphs are topologically sorted)."""
+    nodes = [(n.name, n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+    return fed_only_by(nodes, [i.name for i in model.graph.input], input_name)
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32_inputs: tuple[str, ...] = ("timestep",)) -> onnx.ModelProto:

@@ -62,11 +62,15 @@ class GraphedCall:
     `fn` must be a pure function of its tensor arguments with fixed output shape per input shape
     (the UNet: sample, timestep, text embeddings -> noise). `max_graphs` bounds the memory kept for
     graphs of different shapes (each holds its own activations); past it, new shapes run eagerly.
+    `fn_for_graph(signature)`, if given, returns the function to record for a new signature, while eager calls
+    keep using `fn`: a TensorRT execution context bakes its input shapes into the work a graph records, so
+    the TensorRT backend gives each graph a context of its own (trt_backend.graphed_unet).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], record: Recorder | None = None, max_graphs: int = 4,
-                 enabled: bool | None = None):
+                 enabled: bool | None = None, fn_for_graph: Callable[[tuple], Callable[..., torch.Tensor]] | None = None):
         self.fn = fn
+        self.fn_for_graph = fn_for_graph
         self.record = record or cuda_record
         self.max_graphs = max_graphs
         self.enabled = enabled  # None: decide from the device of the first argument
@@ -106,7 +110,8 @@ class GraphedCall:
 
     def _capture(self, key, tensors) -> _Captured:
         inputs = tuple(t.detach().clone() for t in tensors)
-        replay, output = self.record(lambda: self.fn(*inputs))
+        fn = self.fn_for_graph(key) if self.fn_for_graph else self.fn
+        replay, output = self.record(lambda: fn(*inputs))
         captured = _Captured(inputs, replay, output)
         self.graphs[key] = captured
         self.captures += 1
