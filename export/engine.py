@@ -23,13 +23,14 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from icv_deploy.atomic import atomic_path
+from icv_deploy.atomic import atomic_dir, atomic_path, copy_file
 from icv_deploy.backends import trt_backend as trt_rt
-from icv_deploy.backends.onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, check_onnx_folder, info_from_manifest
+from icv_deploy.backends.onnx_backend import (COPIED_FILES, COPIED_FOLDERS, SUBMODEL_NAMES, check_onnx_folder,
+                                               info_from_manifest)
 from icv_deploy.errors import IcvError
 from icv_deploy.model_files import read_json
 
-from .manifest import sha256_file, write_manifest
+from .manifest import plain_file_entry, sha256_file, write_manifest
 from .optimize import fed_only_by, vae_keeps_fp32
 from .submodels import submodels, trt_profile
 
@@ -187,6 +188,7 @@ def _build_engines(trt, device_index, onnx_dir, output, batch, min_res, opt_res,
         # trusts, so a plan replaced since would otherwise be vouched for.
         digest = sha256_file(plan) if plan.exists() else None
         reusable = (digest is not None and old.get("sha256") == digest and old.get("onnx_sha256") == source["sha256"]
+                    and old.get("onnx_data_sha256") == onnx_data_sha256(source)  # the weights of graphs over 2 GB
                     and old.get("profile") == profiles[name] and old.get("precision") == precision
                     and all(previous.get(k) == v for k, v in identity.items()))
         if reusable:
@@ -199,21 +201,32 @@ def _build_engines(trt, device_index, onnx_dir, output, batch, min_res, opt_res,
             digest = sha256_file(plan)
         engines[name] = {"path": plan.name, "bytes": plan.stat().st_size, "sha256": digest,
                          "precision": precision, "fp32_layers": pinned, "onnx_sha256": source["sha256"],
+                         "onnx_data_sha256": onnx_data_sha256(source),
                          "profile": profiles[name]}
 
     for folder in COPIED_FOLDERS:
-        shutil.rmtree(output / folder, ignore_errors=True)
-        shutil.copytree(onnx_dir / folder, output / folder)
-    shutil.copyfile(onnx_dir / "model_index.json", output / "model_index.json")
+        with atomic_dir(output / folder) as tmp:
+            shutil.copytree(onnx_dir / folder, tmp, dirs_exist_ok=True)
+    for name in COPIED_FILES:  # model_index.json, icv_config.json (the model's defaults): as the ONNX folder has them
+        if (onnx_dir / name).is_file():
+            copy_file(onnx_dir / name, output / name)
+        else:
+            (output / name).unlink(missing_ok=True)
     metadata = {
         "format": trt_rt.FORMAT, "format_version": trt_rt.FORMAT_VERSION, **identity, "precision": "fp16",
         "io_dtype": "float32", "static_shapes": static, "batch": batch,
         "resolution": {"min": min_res, "opt": opt_res, "max": max_res},
         "model_info": info.__dict__, "vae": manifest.get("vae", "full"), "source_onnx": str(onnx_dir),
         "source_hash": manifest.get("source_hash"), "engines": engines,
+        "copied_files": [plain_file_entry(output, output / n) for n in COPIED_FILES if (output / n).is_file()],
     }
     write_manifest(output / trt_rt.METADATA_NAME, metadata)
     return metadata
+
+
+def onnx_data_sha256(source: dict) -> str | None:
+    """SHA-256 of a graph's external weights file (graphs over 2 GB keep their weights there), None without one."""
+    return (source.get("external_data") or {}).get("sha256")
 
 
 def _previous_metadata(output: Path) -> dict:

@@ -15,15 +15,16 @@ import hashlib
 from pathlib import Path
 
 from icv_deploy.backends.onnx_backend import (  # noqa: F401  (re-exported)
-    COPIED_FOLDERS, FORMAT, FORMAT_VERSION, IO_DTYPE, MANIFEST_NAME, PRECISIONS, check_files, check_onnx_folder,
+    COPIED_FILES, COPIED_FOLDERS, FORMAT, FORMAT_VERSION, IO_DTYPE, MANIFEST_NAME, PRECISIONS, check_files, check_onnx_folder,
     folder_vae, graph_io, info_from_manifest, read_manifest, sha256_file,
 )
 
 
 def source_hash(model_dir: Path) -> str:
-    """Hash of the source model's files: names, sizes and the first and last MiB of each.
+    """Hash of the source model's files: each file's name, size and SHA-256 of its whole content.
 
-    Sampling keeps this fast for multi-GB weights while still changing with any re-trained checkpoint.
+    Whole files, not samples: a re-trained checkpoint of the same size differs only inside its tensors, and an
+    export resumed against it must start over rather than keep graphs of the old weights.
     """
     model_dir = Path(model_dir)
     digest = hashlib.sha256()
@@ -31,13 +32,7 @@ def source_hash(model_dir: Path) -> str:
         rel = path.relative_to(model_dir).as_posix()
         if rel.startswith(".") or "/." in rel:
             continue
-        size = path.stat().st_size
-        digest.update(f"{rel}:{size}\n".encode())
-        with open(path, "rb") as fh:
-            digest.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), 2)
-                digest.update(fh.read())
+        digest.update(f"{rel}:{path.stat().st_size}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 
@@ -50,6 +45,11 @@ def file_entry(folder: Path, graph: Path) -> dict:
         entry["external_data"] = {"path": data.relative_to(folder).as_posix(), "bytes": data.stat().st_size,
                                   "sha256": sha256_file(data)}
     return entry
+
+
+def plain_file_entry(folder: Path, path: Path) -> dict:
+    """Path (relative to `folder`), size and SHA-256 of one file."""
+    return {"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

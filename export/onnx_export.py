@@ -36,7 +36,7 @@ import onnx
 import torch
 
 from icv_deploy import __version__
-from icv_deploy.atomic import write_json
+from icv_deploy.atomic import atomic_dir, copy_file, write_json
 from icv_deploy.backends.torch_backend import model_info
 from icv_deploy.errors import IcvError
 from icv_deploy.model_files import check_diffusers_folder, check_tiny_vae_folder, parse_vae, read_json, resolve_model
@@ -102,13 +102,18 @@ def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str 
 
     for folder in mf.COPIED_FOLDERS:
         _copy_tree(model_dir / folder, output / folder)
-    shutil.copyfile(model_dir / "model_index.json", output / "model_index.json")
+    for name in mf.COPIED_FILES:  # model_index.json, and the model's own settings (icv_config.json) where it has them
+        if (model_dir / name).is_file():
+            copy_file(model_dir / name, output / name)
+        else:
+            (output / name).unlink(missing_ok=True)  # not a stale one from an earlier export of another model
     manifest = {
         "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION, "opset": opset, "precision": precision,
         "io_dtype": mf.IO_DTYPE, "vae": vae, "source_model": str(model), "source_hash": state["source_hash"],
         "exporter": {"icv_deploy": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "method": "torch.onnx.export(dynamo=False)"},
         "model_info": info.__dict__, "image_size_multiple": mult, "submodels": {},
+        "copied_files": [mf.plain_file_entry(output, output / name) for name in mf.COPIED_FILES if (output / name).is_file()],
     }
     io = mf.graph_io(info)
     for name in SUBMODEL_NAMES:
@@ -212,8 +217,5 @@ def _resume_state(output: Path, state: dict) -> dict:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)

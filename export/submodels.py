@@ -83,8 +83,8 @@ class Submodel:
         out = {}
         for t in self.inputs:
             shape = _concrete(t.shape, batch, height, width, info, self.name)
-            if t.name == "input_ids":
-                out[t.name] = torch.randint(0, 49408, shape, generator=g, dtype=torch.int64)
+            if t.name == "input_ids":  # any id the text encoder has an embedding for (its config's vocab_size)
+                out[t.name] = torch.randint(0, info.vocab_size, shape, generator=g, dtype=torch.int64)
             elif t.name == "timestep":
                 out[t.name] = torch.rand(shape, generator=g) * 999.0  # fractional, as Euler-type samplers pass
             elif self.name == "vae_encoder":

@@ -8,6 +8,7 @@ unreadable, truncated, too small or absurdly large images are refused with one l
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from .errors import ImageError
 log = logging.getLogger("icv_deploy")
 
 MIN_SIDE = 16  # smaller images cannot be encoded meaningfully by the VAE
-MAX_PIXELS = 100_000_000  # refuse (decompression bombs); PIL's own limit is lower and raised here
+MAX_PIXELS = 100_000_000  # refuse (decompression bombs), read from the header before any pixel is decoded
+MAX_FILE_BYTES = 1 << 30  # refuse image files over 1 GiB before reading them
 MAX_WORKING_SIDE = 1024  # resolution=None never runs the model above this long side
 
 
@@ -40,6 +42,43 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
     return img.convert("RGB")
 
 
+def open_image(path, name: str | None = None) -> Image.Image:
+    """Open an image file, reading only its header; no pixel is decoded yet (PIL decodes on `load()`).
+
+    Missing, empty and oversized files, files PIL cannot identify, and images whose header already says they
+    have more than MAX_PIXELS pixels are refused here, in one line, before the decoder allocates anything.
+    PIL's process-wide `Image.MAX_IMAGE_PIXELS` is left as the application set it: only its warning is silenced
+    here, because this check replaces it.
+    """
+    path = Path(path)
+    name = name or str(path)
+    if not path.exists():
+        raise ImageError(f"{name}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{name}: is a folder, not an image")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError(f"{name}: empty file, not an image")
+    if size > MAX_FILE_BYTES:
+        raise ImageError(f"{name}: {size:,} bytes, too large an image file (at most {MAX_FILE_BYTES:,})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:  # PIL's own limit, as the application set it
+        raise ImageError(f"{name}: refused as a decompression bomb ({' '.join(str(exc).split())})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: unreadable image header ({' '.join(str(exc).split())})") from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise ImageError(f"{name}: its header says {width}x{height} px, more than {MAX_PIXELS:,} pixels: refused "
+                         "before decoding (decompression bomb or absurdly large image)")
+    return img
+
+
 def load_image(image, name: str | None = None) -> np.ndarray:
     """Path, PIL image or HxWx3 / HxW uint8 array -> HxWx3 uint8 RGB (EXIF rotation applied)."""
     if isinstance(image, np.ndarray):
@@ -55,20 +94,10 @@ def load_image(image, name: str | None = None) -> np.ndarray:
         if isinstance(image, Image.Image):
             img, name = image, name or "image"
         else:
-            path = Path(image)
-            name = name or str(path)
-            if not path.exists():
-                raise ImageError(f"{name}: no such file")
-            if path.is_dir():
-                raise ImageError(f"{name}: is a folder, not an image")
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            name = name or str(image)
+            img = open_image(image, name)
             try:
-                img = Image.open(path)
                 img.load()
-            except Image.DecompressionBombError:
-                raise ImageError(f"{name}: more than {MAX_PIXELS:,} pixels, refused as a decompression bomb") from None
-            except UnidentifiedImageError:
-                raise ImageError(f"{name}: not an image file PIL can read") from None
             except (OSError, SyntaxError, ValueError) as exc:
                 raise ImageError(f"{name}: unreadable or truncated image ({' '.join(str(exc).split())})") from None
         try:

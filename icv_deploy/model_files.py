@@ -8,9 +8,11 @@ line where it does not.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .errors import IcvError, ModelFilesError
+from .weights import check_model_weights
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 # Only the diffusers component folders: hub repos also hold multi-GB single-file checkpoints and fp16 copies.
@@ -25,21 +27,70 @@ def resolve_model(model: str | Path) -> Path:
     if path.exists():
         if not path.is_dir():
             raise ModelFilesError(f"model {model}: not a folder (expected a diffusers-format model folder)")
+        check_model_weights(path)
         return path
     text = str(model)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise ModelFilesError(f"model {model}: no such folder")
+    if not looks_like_hub_id(text):
+        raise ModelFilesError(f"model {model}: no such folder{_did_you_mean(path)}")
+    offline = hub_offline()
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, ignore_patterns=HUB_IGNORE))
+        folder = Path(snapshot_download(text, allow_patterns=HUB_PATTERNS, ignore_patterns=HUB_IGNORE,
+                                        local_files_only=offline))
     except Exception as exc:  # offline, unknown id, gated repo: one line either way
+        if offline:
+            raise ModelFilesError(f"model {model}: no such folder, and not in the hub cache ({OFFLINE_ENV} is set, so the "
+                                  "hub is not asked)") from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFilesError(f"model {model}: not a local folder and could not be fetched from the hub ({reason})") from None
+    check_model_weights(folder)
+    return folder
+
+
+OFFLINE_ENV = "HF_HUB_OFFLINE"
+
+
+def hub_offline() -> bool:
+    """True when the hub must not be asked: $HF_HUB_OFFLINE as huggingface_hub reads it (1, true, yes, on)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """`owner/name` that could be a hub repo and is no local path: a typo in `models/tiny-random`, whose `models/`
+    exists here, is a missing folder, answered at once instead of after a network round trip."""
+    import re
+
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return False
+    owner, name = text.split("/")
+    if Path(owner).is_dir():
+        return False
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}", owner) and re.fullmatch(r"[\w.-]{1,96}", name))
+
+
+def _did_you_mean(path: Path) -> str:
+    """ ' (did you mean X?)' for a sibling folder whose name is close to the one given, else ''."""
+    import difflib
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return ""
+    names = [p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    return f" (did you mean {parent / close[0]}?)" if close else ""
+
+
+MAX_JSON_BYTES = 64 << 20  # configs and manifests are kilobytes; a bigger "config" is not one
 
 
 def read_json(path: Path) -> dict:
     try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ModelFilesError(f"{path}: empty file (expected JSON)")
+        if size > MAX_JSON_BYTES:
+            raise ModelFilesError(f"{path}: {size:,} bytes, too large for a JSON config (at most {MAX_JSON_BYTES:,})")
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelFilesError(f"missing {path}") from None

@@ -13,7 +13,21 @@ def test_hub_id_offline_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelFilesError) as err:
         resolve_model("alaa-lab/InstructCV")
-    assert "could not be fetched from the hub" in str(err.value) and "\n" not in str(err.value)
+    assert "not in the hub cache (HF_HUB_OFFLINE is set" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_typo_in_a_local_path_never_asks_the_hub(tmp_path, monkeypatch):
+    """`models/tiny-randm` whose `models/` exists here is a missing folder, answered at once with the close name."""
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    (tmp_path / "models" / "tiny-random").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFilesError, match=r"models/tiny-randm: no such folder \(did you mean models/tiny-random\?\)"):
+        resolve_model("models/tiny-randm")
 
 
 def test_paths_that_are_not_folders(tmp_path):

@@ -21,6 +21,7 @@ class ModelInfo:
     scaling_factor: float = 0.18215
     text_hidden_size: int = 768
     max_text_tokens: int = 77
+    vocab_size: int = 49408  # the text encoder's token embeddings: token ids run from 0 to vocab_size - 1
 
 
 class Backend(Protocol):

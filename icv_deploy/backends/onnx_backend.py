@@ -35,6 +35,9 @@ FORMAT_VERSION = 1
 IO_DTYPE = "float32"  # fp16 graphs cast inside: every graph takes and returns float32 (token ids are int64)
 PRECISIONS = ("fp32", "fp16")
 COPIED_FOLDERS = ("tokenizer", "scheduler")
+# Copied from the model folder where it has them; the manifest lists them under "copied_files" (path, bytes, sha256).
+# icv_config.json carries the model's own defaults (sampler, steps, resolution ...), so every engine answers alike.
+COPIED_FILES = ("model_index.json", "icv_config.json")
 
 
 def graph_io(info: ModelInfo) -> dict[str, tuple[list[dict], list[dict]]]:
@@ -142,6 +145,7 @@ def check_onnx_folder(folder, precision: str | None = None, verify_hashes: bool 
     for sub in COPIED_FOLDERS:
         if not (folder / sub).is_dir():
             raise ModelFilesError(f"{folder}: missing the {sub}/ folder")
+    check_files(folder, manifest.get("copied_files") or [], verify_hashes)
     return manifest
 
 

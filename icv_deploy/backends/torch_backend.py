@@ -51,6 +51,7 @@ def model_info(folder: Path) -> ModelInfo:
         scaling_factor=vae.get("scaling_factor", 0.18215),
         text_hidden_size=text["hidden_size"],
         max_text_tokens=text.get("max_position_embeddings", 77),
+        vocab_size=text.get("vocab_size", 49408),
     )
 
 

@@ -23,7 +23,8 @@ import torch
 
 from ..errors import IcvError, ModelFilesError
 from .base import ModelInfo
-from .onnx_backend import COPIED_FOLDERS, SUBMODEL_NAMES, check_vae_choice, folder_vae, info_from_manifest, read_manifest
+from .onnx_backend import (COPIED_FOLDERS, SUBMODEL_NAMES, check_files, check_vae_choice, folder_vae, info_from_manifest,
+                           read_manifest)
 
 METADATA_NAME = "engines.json"
 FORMAT = "icv-deploy-tensorrt"
@@ -94,6 +95,7 @@ def check_engine_folder(folder) -> dict:
     for sub in COPIED_FOLDERS:
         if not (folder / sub).is_dir():
             raise ModelFilesError(f"{folder}: missing the {sub}/ folder")
+    check_files(folder, metadata.get("copied_files") or [])  # icv_config.json (the model's defaults), model_index.json
     return metadata
 
 

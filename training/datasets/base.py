@@ -21,9 +21,9 @@ from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from icv_deploy.errors import IcvError
+from icv_deploy.images import open_image
 from icv_deploy.tasks.encodings import TASKS
 
 
@@ -125,16 +125,17 @@ def read_rgb(path: Path) -> np.ndarray:
     if not path.is_file():
         raise IcvError(f"missing image file: {path}")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # refuses empty, oversized and too-many-pixel files from the header
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise IcvError(f"corrupt image file: {path} ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise IcvError(f"corrupt image file: {path} ({' '.join(str(exc).split())})") from None
 
 
 def read_label_png(path: Path, what: str = "annotation") -> np.ndarray:
     """A label/annotation PNG as stored (uint8 or uint16 values, no colour conversion)."""
     if not path.is_file():
         raise IcvError(f"missing {what} file: {path}")
+    open_image(path).close()  # the header's size, checked before OpenCV decodes anything
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise IcvError(f"corrupt {what} file: {path}")
