@@ -5,7 +5,8 @@
 #   2. the diffusers baseline (paper settings, 100 Euler-ancestral steps) and the fast torch paths at 256 px,
 #      fp16, 10 dpmpp_2m steps, on sd15-random (full-size SD 1.5 architecture, random weights, built here);
 #      then the fast path with the tiny VAE (TAESD) and with K = 4 instructions, as the time allows.
-# Results go to $OUT (if set) or ./gpu-check-out: gpu_check.json, latency_gpu*.json, latency_gpu.png, log.txt.
+# Results go to $OUT (if set) or ./gpu-check-out (ignored by git): gpu_check.json, latency_gpu*.json,
+# latency_gpu.png, gpu.txt, log.txt.
 #
 # Usage, from the repository root:   bash benchmarks/gpu_check.sh [--compile]
 # (tests/test_bench.py runs gpu_check.py's --smoke mode on the CPU, so the script itself is tested here.)
