@@ -27,6 +27,11 @@ class TrainConfig:
     data: str | None = None  # an `icv-data build` folder (datasets.save_to_disk)
     output: str = "icv-train-output"  # checkpoints/, logs/, validation/ and the final model/ go here
     max_train_samples: int | None = None  # use only the first N examples (quick runs)
+    # A model trained from scratch (base_model "random"): the UNet and text encoder configs to build it from
+    # ({"unet": {...}, "text_encoder": {...}}, random weights drawn from `seed`) and a trained VAE folder
+    # (`icv-train-vae`) that replaces the base model's VAE.
+    architecture: dict | None = None
+    base_vae: str | None = None
 
     # Pictures: resize the short side to a random size in [resize_min, resize_max], crop `resolution`, maybe flip.
     resolution: int = 256
@@ -50,11 +55,14 @@ class TrainConfig:
     conditioning_dropout_prob: float = 0.05  # text only, image only and both: each this share of the examples
     use_ema: bool = True
     ema_decay: float = 0.9999
-    train_text_encoder: bool = False
+    train_text_encoder: bool = False  # with use_ema, the text encoder gets its own EMA copy
     gradient_checkpointing: bool = False
     mixed_precision: str | None = None  # "no", "fp16", "bf16"; None = what `accelerate launch` says
     seed: int = 42
     dataloader_num_workers: int = 0
+    # Encode every example once with the frozen VAE (input latent, target posterior; plain and flipped) instead
+    # of at every step. Exact, but only flips survive as augmentation: needs resize_min == resize_max == resolution.
+    cache_latents: bool = False
 
     # Bookkeeping.
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = none)
@@ -80,6 +88,11 @@ class TrainConfig:
             raise IcvError(f"train_batch_size must be at least 1, got {self.train_batch_size}")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
             raise IcvError(f"conditioning_dropout_prob must lie in [0, 1/3], got {self.conditioning_dropout_prob}")
+        if self.cache_latents and not self.resize_min == self.resize_max == self.resolution:
+            raise IcvError("cache_latents needs resize_min == resize_max == resolution (cached latents cannot be "
+                           "resized or cropped; flips are cached)")
+        if self.base_model == "random" and not (self.architecture and {"unet", "text_encoder"} <= set(self.architecture)):
+            raise IcvError("base_model random needs architecture: {unet: {...}, text_encoder: {...}}")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise IcvError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         return self

@@ -58,13 +58,13 @@ def _is_build_folder(source: str) -> bool:
 
 def _adapter_queries(source: str, tasks, prompts: str, seed: int) -> list[Query]:
     from .build import parse_source
-    from .prompts import choose_prompt, load_pool
+    from .prompts import POOL_FILES, choose_prompt, load_pool
 
     if ":" not in source and Path(source).exists():
         raise IcvError(f"--data {source}: not an `icv-data build` folder (no dataset_info.json); for raw data write KIND:ROOT")
     kind, root, split = parse_source(source)
     adapter = open_source(kind, root, split=split)
-    pool = load_pool() if prompts == "rephrased" else None
+    pool = load_pool(POOL_FILES[prompts]) if prompts in POOL_FILES else None
     out = []
     for ref in adapter.index(tasks):
         key = _key(ref.source, ref.image_id, ref.task, ref.category)

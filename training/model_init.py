@@ -5,7 +5,9 @@ Three starts:
   the original weights (and bias) go to channels 0-3 and channels 4-7 (the image latent) start at zero, so the
   widened UNet first predicts exactly what the base model predicts;
 - an existing 8-channel InstructCV / InstructPix2Pix checkpoint: training continues from it;
-- `random:tiny`: a tiny model with random weights from `icv_deploy.testing` (tests and the demo model).
+- `random:tiny`: a tiny model with random weights from `icv_deploy.testing` (tests);
+- `random`: a model trained from scratch (the bundled demo model): UNet and text encoder built from the
+  config's `architecture` with random weights, the VAE a trained one (`base_vae`, from `icv-train-vae`).
 Weights are read from safetensors only (DESIGN.md 10).
 """
 
@@ -19,7 +21,7 @@ import torch
 from icv_deploy.errors import IcvError, ModelFilesError
 from icv_deploy.model_files import resolve_model
 
-RANDOM_MODELS = ("random:tiny",)
+RANDOM_MODELS = ("random:tiny", "random")
 
 
 @dataclass
@@ -51,29 +53,52 @@ def widen_conv_in(unet) -> None:
     unet.register_to_config(in_channels=2 * old.in_channels)
 
 
-def make_random_base(kind: str, folder: Path, seed: int = 0) -> Path:
-    """Save a random-weight model for `random:<kind>` into `folder` (kept, so that a resumed run finds it)."""
+def make_random_base(kind: str, folder: Path, seed: int = 0, architecture: dict | None = None,
+                     vae_folder: str | None = None) -> Path:
+    """Save the start of a `random:tiny` or `random` run into `folder` (kept, so that a resumed run finds it)."""
     from icv_deploy.testing import make_tiny_model
 
-    if kind != "random:tiny":
+    if kind not in RANDOM_MODELS:
         raise IcvError(f"unknown random model {kind!r}: choose one of {', '.join(RANDOM_MODELS)}")
+    if kind == "random" and not (architecture and vae_folder):
+        raise IcvError("base_model random needs `architecture` (unet, text_encoder) and `base_vae` (a trained VAE folder)")
     if not (folder / "model_index.json").exists():
         from icv_deploy.atomic import atomic_dir
 
         with atomic_dir(folder) as tmp:
-            make_tiny_model(tmp, seed=seed)
+            if kind == "random:tiny":
+                make_tiny_model(tmp, seed=seed)
+            else:
+                make_scratch_model(tmp, architecture, Path(vae_folder), seed)
     return folder
 
 
-def load_training_models(base_model: str, random_dir: Path | None = None, seed: int = 0) -> TrainingModels:
+def make_scratch_model(folder: Path, architecture: dict, vae_folder: Path, seed: int) -> Path:
+    """A random UNet and text encoder (from `architecture`) around a trained VAE, saved as a diffusers folder."""
+    from diffusers import AutoencoderKL
+
+    from icv_deploy.testing import build_pipeline
+
+    if not (vae_folder / "config.json").exists():
+        raise ModelFilesError(f"base_vae {vae_folder}: no trained VAE there (run icv-train-vae first)")
+    vae = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True)
+    vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    pipe = build_pipeline(architecture["unet"], vae_config, architecture["text_encoder"], seed=seed)
+    pipe.register_modules(vae=vae)  # the trained VAE in place of the random one built beside it
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def load_training_models(base_model: str, random_dir: Path | None = None, seed: int = 0,
+                         architecture: dict | None = None, base_vae: str | None = None) -> TrainingModels:
     """Read unet / vae / text_encoder / tokenizer / scheduler of `base_model` and give the UNet 8 input channels."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if base_model.startswith("random:"):
+    if base_model.startswith("random"):
         if random_dir is None:
             raise IcvError(f"{base_model}: a folder for the random base model is needed")
-        folder = make_random_base(base_model, Path(random_dir), seed)
+        folder = make_random_base(base_model, Path(random_dir), seed, architecture, base_vae)
     else:
         folder = resolve_model(base_model)
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):

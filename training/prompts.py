@@ -18,6 +18,9 @@ from icv_deploy.errors import IcvError
 from icv_deploy.tasks.encodings import COLORS, TASKS
 
 POOL_FILE = Path(__file__).with_name("prompts") / "paraphrases.json"
+# Instructions never used in training (the paper's Table 3 unseen prompts and the like): evaluation only.
+UNSEEN_FILE = Path(__file__).with_name("prompts") / "unseen.json"
+POOL_FILES = {"rephrased": POOL_FILE, "unseen": UNSEEN_FILE}
 
 TEMPLATES = {
     "segmentation": "Segment the {category}.",
@@ -100,15 +103,16 @@ def choose_prompt(task: str, category: str | None, rng: np.random.Generator, mod
                   pool: dict[str, list[str]] | None = None) -> tuple[str, str | None, str | None]:
     """(instruction, color1, color2) for one example; the colours are None except for classification.
 
-    mode "fixed": the task's template; "rephrased": a template drawn from the pool (loaded if not given).
+    mode "fixed": the task's template; "rephrased": a template drawn from the pool (loaded if not given);
+    "unseen": one drawn from the evaluation-only pool of instructions never used in training.
     """
     if mode == "fixed":
         template = TEMPLATES[task]
-    elif mode == "rephrased":
-        templates = (pool or load_pool())[task]
+    elif mode in POOL_FILES:
+        templates = (pool or load_pool(POOL_FILES[mode]))[task]
         template = templates[int(rng.integers(len(templates)))]
     else:
-        raise IcvError(f"prompt mode must be fixed or rephrased, not {mode!r}")
+        raise IcvError(f"prompt mode must be fixed, rephrased or unseen, not {mode!r}")
     color1 = color2 = None
     if task == "classification":
         color1, color2 = choose_colors(rng)

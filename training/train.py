@@ -56,14 +56,20 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     """Epsilon (or v) MSE of the InstructPix2Pix objective with conditioning dropout."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    device = batch["input_pixels"].device
-    bsz = batch["input_pixels"].shape[0]
-    with torch.no_grad():
-        # Targets as Stable Diffusion training: a sample of the posterior, times the scaling factor.
-        latents = vae.encode(batch["target_pixels"].to(weight_dtype)).latent_dist.sample(generator=gen)
-        latents = latents * vae.config.scaling_factor
-        # Inputs as the pipeline will see them (DESIGN.md 3): the posterior mode, NOT scaled.
-        image_latents = vae.encode(batch["input_pixels"].to(weight_dtype)).latent_dist.mode()
+    if "image_latents" in batch:  # cached (training/latent_cache.py): the same quantities, encoded once
+        image_latents = batch["image_latents"]
+        device, bsz = image_latents.device, image_latents.shape[0]
+        eps = randn_tensor(batch["target_mean"].shape, generator=gen, device=device, dtype=batch["target_mean"].dtype)
+        latents = (batch["target_mean"] + batch["target_std"] * eps) * vae.config.scaling_factor
+    else:
+        device = batch["input_pixels"].device
+        bsz = batch["input_pixels"].shape[0]
+        with torch.no_grad():
+            # Targets as Stable Diffusion training: a sample of the posterior, times the scaling factor.
+            latents = vae.encode(batch["target_pixels"].to(weight_dtype)).latent_dist.sample(generator=gen)
+            latents = latents * vae.config.scaling_factor
+            # Inputs as the pipeline will see them (DESIGN.md 3): the posterior mode, NOT scaled.
+            image_latents = vae.encode(batch["input_pixels"].to(weight_dtype)).latent_dist.mode()
     noise = randn_tensor(latents.shape, generator=gen, device=device, dtype=latents.dtype)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen).to(device)
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -123,12 +129,20 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     set_seed(cfg.seed)
 
     with accelerator.main_process_first():  # the main process makes a random base model first, if asked
-        models = load_training_models(cfg.base_model, random_dir=output / "random-base", seed=cfg.seed)
+        models = load_training_models(cfg.base_model, random_dir=output / "random-base", seed=cfg.seed,
+                                      architecture=cfg.architecture, base_vae=cfg.base_vae)
     unet, vae, text_encoder, tokenizer = models.unet, models.vae, models.text_encoder, models.tokenizer
     if models.widened:
         logger.info("widened the base UNet's conv_in from 4 to 8 input channels")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae.requires_grad_(False).to(accelerator.device)
+    cache = None
+    if cfg.cache_latents:  # in fp32, before the VAE is cast; the main process builds it, the others read it
+        from .latent_cache import load_or_build_cache
+
+        with accelerator.main_process_first():
+            cache = load_or_build_cache(output / "latent-cache", vae, rows, cfg.resolution,
+                                        progress=accelerator.is_local_main_process)
     text_encoder.requires_grad_(cfg.train_text_encoder).to(accelerator.device)
     if weight_dtype != torch.float32:  # frozen modules run in the mixed-precision dtype, trained ones stay fp32
         vae.to(dtype=weight_dtype)
@@ -141,17 +155,29 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             text_encoder.gradient_checkpointing_enable()
     unet.train()
 
-    ema = None
+    ema = ema_text = None
     if cfg.use_ema:
         ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config)
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+        if cfg.train_text_encoder:  # the UNet's averaged weights are paired with the text encoder's averaged ones
+            from transformers import CLIPTextModel
+
+            ema_text = EMAModel(text_encoder.parameters(), decay=cfg.ema_decay, model_cls=CLIPTextModel,
+                                model_config=text_encoder.config)
+            ema_text.to(accelerator.device)
+            accelerator.register_for_checkpointing(ema_text)
 
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
-                                   cfg.random_flip, cfg.seed)
+    if cache is not None:
+        from .latent_cache import CachedLatentExamples
+
+        examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed)
+    else:
+        examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
+                                       cfg.random_flip, cfg.seed)
     sampler = EpochShuffleSampler(len(examples), cfg.seed)
     loader = torch.utils.data.DataLoader(examples, batch_size=cfg.train_batch_size, sampler=sampler,
                                          num_workers=cfg.dataloader_num_workers)
@@ -181,8 +207,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         accelerator.load_state(str(checkpoint))
         state = read_state(checkpoint)
         step = state["step"]
-        if ema is not None:
-            ema.to(accelerator.device)  # accelerate loads custom states onto the CPU
+        for averaged in (ema, ema_text):
+            if averaged is not None:
+                averaged.to(accelerator.device)  # accelerate loads custom states onto the CPU
         if state.get("updates_per_epoch", updates_per_epoch) != updates_per_epoch:
             logger.warning("the data or batch size changed since %s: the data order will differ", checkpoint)
         accelerator.print(f"resumed from {checkpoint} at step {step}")
@@ -198,18 +225,21 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     def validate():
         if not accelerator.is_main_process:
             return
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
+        model, text_model = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+        averaged = [(a, m) for a, m in ((ema, model), (ema_text, text_model)) if a is not None]
+        for a, m in averaged:
+            a.store(m.parameters())
+            a.copy_to(m.parameters())
         model.eval()
-        pipe = build_pipeline(model, vae, accelerator.unwrap_model(text_encoder), tokenizer, models.folder)
+        text_model.eval()
+        pipe = build_pipeline(model, vae, text_model, tokenizer, models.folder)
         grid = predict_grid(pipe, rows, pictures, cfg.resolution, cfg.validation_sampler_steps, cfg.seed,
                             accelerator.device)
         save_grid(grid, output / "validation", step, accelerator.trackers)
         model.train()
-        if ema is not None:
-            ema.restore(model.parameters())
+        text_model.train(cfg.train_text_encoder)
+        for a, m in averaged:
+            a.restore(m.parameters())
 
     state = {"updates_per_epoch": updates_per_epoch, "num_processes": processes, "total_batch_size": total}
     start_step, result = step, TrainResult(step=step, model_dir=None)
@@ -243,6 +273,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 continue
             if ema is not None:
                 ema.step(accelerator.unwrap_model(unet).parameters())
+            if ema_text is not None:
+                ema_text.step(accelerator.unwrap_model(text_encoder).parameters())
             step += 1
             mean_loss, running = float(np.mean(running)), []
             result.losses[step] = mean_loss
@@ -270,12 +302,12 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         if not cfg.validation_every or step % cfg.validation_every:
             validate()
     result.step = step
-    result.model_dir = save_final_model(accelerator, cfg, models, unet, text_encoder, ema, step)
+    result.model_dir = save_final_model(accelerator, cfg, models, unet, text_encoder, ema, step, ema_text)
     accelerator.end_training()
     return result
 
 
-def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, ema, step: int) -> Path:
+def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, ema, step: int, ema_text=None) -> Path:
     """The diffusers InstructPix2Pix folder `<output>/model` (EMA weights by default), written atomically."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
@@ -294,6 +326,8 @@ def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, 
         vae = AutoencoderKL.from_pretrained(models.folder, subfolder="vae", use_safetensors=True)
         if cfg.train_text_encoder:
             text_encoder = accelerator.unwrap_model(text_encoder).float()
+            if ema_text is not None and cfg.save_ema_weights:
+                ema_text.copy_to(text_encoder.parameters())
         else:
             text_encoder = CLIPTextModel.from_pretrained(models.folder, subfolder="text_encoder", use_safetensors=True)
         pipe = build_pipeline(unet.cpu(), vae, text_encoder, models.tokenizer, models.folder)

@@ -1,0 +1,93 @@
+"""Latents encoded once: the frozen VAE's view of every training example, so a step costs only the UNet.
+
+With a frozen VAE, encoding the same picture at every epoch repeats identical work; on a CPU it costs more than
+the small UNet of the demo model. The cache holds, per example and per flip (plain, mirrored):
+    image_latents  the input's posterior mode, NOT scaled (what the pipeline feeds the UNet; DESIGN.md 3)
+    target_mean, target_std  the target's posterior, so each step still draws a fresh latent sample
+Only flips survive as augmentation (resize and crop would need re-encoding): `cache_latents` asks for
+resize_min == resize_max == resolution. The file is keyed by the VAE's weights, the data and the resolution,
+written atomically, and rebuilt when any of them changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from icv_deploy.atomic import atomic_path
+
+from .augment import example_rng, to_tensor
+from .train_data import tokenize
+
+CACHE_FILE = "latents.safetensors"
+
+
+def cache_key(vae, rows, resolution: int) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    digest.update(json.dumps({"rows": len(rows), "fingerprint": getattr(rows, "_fingerprint", None),
+                              "resolution": resolution}).encode())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def _encode(vae, pictures: list[Image.Image], resolution: int):
+    size = (resolution, resolution)
+    x = torch.stack([to_tensor(p.convert("RGB").resize(size, Image.Resampling.LANCZOS)) for p in pictures])
+    x = torch.cat([x, x.flip(-1)])  # plain, then mirrored
+    posterior = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+    n = len(pictures)
+    split = lambda t: torch.stack([t[:n], t[n:]], dim=1).float().cpu()  # noqa: E731  (N, 2 flips, C, h, w)
+    return split(posterior.mode()), split(posterior.mean), split(posterior.std)
+
+
+def load_or_build_cache(folder: Path, vae, rows, resolution: int, batch: int = 64, progress: bool = True) -> dict:
+    """{"image_latents", "target_mean", "target_std"}: tensors (N, 2, C, h, w), built on first use."""
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    key = cache_key(vae, rows, resolution)
+    path = Path(folder) / CACHE_FILE
+    if path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            if (fh.metadata() or {}).get("key") == key:
+                return load_file(str(path))
+    parts = {"image_latents": [], "target_mean": [], "target_std": []}
+    for start in tqdm(range(0, len(rows), batch), desc="caching latents", disable=not progress):
+        chunk = rows[start:start + batch]
+        image_latents, _, _ = _encode(vae, chunk["input_image"], resolution)
+        _, mean, std = _encode(vae, chunk["edited_image"], resolution)
+        for name, value in zip(parts, (image_latents, mean, std)):
+            parts[name].append(value)
+    tensors = {name: torch.cat(values).contiguous() for name, values in parts.items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"key": key})
+    return tensors
+
+
+class CachedLatentExamples(torch.utils.data.Dataset):
+    """Examples as cached latents plus instruction tokens; the flip of each example is drawn per epoch."""
+
+    def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int):
+        self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
+        self.input_ids = tokenize(tokenizer, list(rows["edit_prompt"]))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        mirrored = int(self.flip and example_rng(self.seed, self.epoch, index).random() < 0.5)
+        return {name: self.cache[name][index, mirrored] for name in ("image_latents", "target_mean", "target_std")} | {
+            "input_ids": self.input_ids[index]}
+
