@@ -1,4 +1,4 @@
-"""`icv-export`: ONNX export and TensorRT engine builds (docs/DESIGN.md §7).
+"""`icv-export`: ONNX export and TensorRT engine builds (docs/DESIGN.md 7).
 
     icv-export onnx --model MODEL --output onnx/ [--fp16] [--opset 17] [--no-verify] [--vae full|tiny]
     icv-export build-engines --onnx onnx/ --output engines/ [--min-resolution 128 --opt-resolution 256 --max-resolution 512]

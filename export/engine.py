@@ -1,4 +1,4 @@
-"""Building TensorRT fp16 engines from an exported ONNX folder (docs/DESIGN.md §7), through polygraphy.
+"""Building TensorRT fp16 engines from an exported ONNX folder (docs/DESIGN.md 7), through polygraphy.
 
     engines/engines.json              metadata: TensorRT version, GPU name and compute capability, profiles, files
                                       with their size and SHA-256 (checked before a plan is deserialised)

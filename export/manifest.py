@@ -1,11 +1,11 @@
-"""Writing the manifest of an exported ONNX folder (DESIGN.md 7); the check that refuses a folder is the runtime's.
+"""Writing the manifest of an exported ONNX folder (docs/DESIGN.md 7); the check that refuses a folder is the runtime's.
 
 `manifest.json` sits at the folder root and records, per submodel, the graph file (and its one external-data
 file), its inputs and outputs (names, dtypes, shapes with symbolic batch/height/width), byte sizes and SHA-256
 content hashes, plus the opset, the precision (fp32 / fp16 weights; I/O is float32 either way), the VAE the vae_*
 graphs came from ("vae": "full" or "tiny"; absent in older folders means full), the source model
 and the sizes the runtime needs (`model_info`). The reading side (format, `graph_io`, `check_onnx_folder`) lives in
-`icv_deploy.backends.onnx_backend`, because the runtime must not import the exporter (DESIGN.md 2); it is
+`icv_deploy.backends.onnx_backend`, because the runtime must not import the exporter (docs/DESIGN.md 2); it is
 re-exported here so exporter code and tests have one import.
 """
 

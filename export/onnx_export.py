@@ -1,4 +1,4 @@
-"""Export a diffusers-format InstructCV model to an ONNX folder (optimum layout, DESIGN.md 7).
+"""Export a diffusers-format InstructCV model to an ONNX folder (optimum layout, docs/DESIGN.md 7).
 
     out/model_index.json, manifest.json, tokenizer/, scheduler/
     out/text_encoder/model.onnx + config.json      out/unet/model.onnx [+ model.onnx_data] + config.json

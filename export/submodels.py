@@ -145,7 +145,7 @@ class UNetModule(torch.nn.Module):
 
 
 class VaeEncoderModule(torch.nn.Module):
-    """Image -> posterior mode (= mean), NOT multiplied by the scaling factor (DESIGN.md 3)."""
+    """Image -> posterior mode (= mean), NOT multiplied by the scaling factor (docs/DESIGN.md 3)."""
 
     def __init__(self, vae):
         super().__init__()
@@ -216,7 +216,7 @@ def trt_profile(sub: Submodel, info: ModelInfo, batch: int = 1, min_res: int = 1
     """TensorRT optimisation profile: input name -> (min, opt, max) shape.
 
     `batch` is the number of images per call. The UNet runs 3 rows per image (classifier-free guidance with
-    text+image, image only, neither: DESIGN.md 4), so its batch spans 3 .. 3 * batch; the text encoder is called
+    text+image, image only, neither: docs/DESIGN.md 4), so its batch spans 3 .. 3 * batch; the text encoder is called
     with up to 3 prompts per image; the VAE with 1 .. batch images. Height and width each span min_res .. max_res
     pixels (non-square images), optimised for opt_res x opt_res. `static` pins every dimension to the opt shape
     (needed for CUDA graphs).

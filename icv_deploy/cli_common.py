@@ -1,4 +1,4 @@
-"""What every click CLI of the project shares: one-line errors (DESIGN.md 10) and a `--debug` switch."""
+"""What every click CLI of the project shares: one-line errors (docs/DESIGN.md 10) and a `--debug` switch."""
 
 from __future__ import annotations
 

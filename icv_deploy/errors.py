@@ -1,4 +1,4 @@
-"""User-facing errors (DESIGN.md 10).
+"""User-facing errors (docs/DESIGN.md 10).
 
 Every entry point turns an `IcvError` into one line on stderr and a non-zero exit; anything else is a bug
 and keeps its traceback. Raise these for bad input: files, images, instructions, model folders, engines.

@@ -1,4 +1,4 @@
-"""InstructPix2Pix guidance (DESIGN.md 4) as a k-diffusion-style denoiser.
+"""InstructPix2Pix guidance (docs/DESIGN.md 4) as a k-diffusion-style denoiser.
 
 Per step the UNet sees one batch of 3K rows for K instructions on the same image:
     rows [0, K)    text + image:  x_t, z_img, emb(instruction)

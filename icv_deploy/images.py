@@ -1,4 +1,4 @@
-"""Reading user images safely (DESIGN.md 10) and sizing them for the model.
+"""Reading user images safely (docs/DESIGN.md 10) and sizing them for the model.
 
 `load_image` accepts a path, a PIL image or an HxWx3 uint8 array and returns HxWx3 uint8 RGB with EXIF
 rotation applied. Modes that convert safely (16-bit, CMYK, palette, alpha) are converted with a warning;

@@ -1,4 +1,4 @@
-"""Task metrics, computed the correct way (DESIGN.md 9), and the paper's Table 1 as Markdown.
+"""Task metrics, computed the correct way (docs/DESIGN.md 9), and the paper's Table 1 as Markdown.
 
 Pure numpy, plus pycocotools for detection. Every function takes plain arrays, so any caller (icv-eval, a
 notebook, another project) can score predictions without the runtime.

@@ -1,4 +1,4 @@
-"""Finding and checking model folders (DESIGN.md 3, 10).
+"""Finding and checking model folders (docs/DESIGN.md 3, 10).
 
 A model is a diffusers-format folder or a Hugging Face hub id. Hub ids are fetched with `snapshot_download`
 (safetensors and configs only: nothing is unpickled) where the network allows, and answered with one clear
@@ -99,7 +99,7 @@ def read_json(path: Path) -> dict:
 
 
 def check_safetensors(part_folder: Path) -> None:
-    """Weights load from safetensors only: pickles are never unpickled (DESIGN.md 10)."""
+    """Weights load from safetensors only: pickles are never unpickled (docs/DESIGN.md 10)."""
     if not list(part_folder.glob("*.safetensors")):
         pickles = list(part_folder.glob("*.bin")) + list(part_folder.glob("*.ckpt"))
         hint = " (only pickle weights found: convert them to safetensors; pickles are never loaded)" if pickles else ""

@@ -2,7 +2,7 @@
 
 A schedule is two arrays: `sigmas` (N + 1 values, the last 0) and `timesteps` (N values, what the UNet is
 called with at each sigma). They follow diffusers' `EulerAncestralDiscreteScheduler.set_timesteps` number for
-number, so a sampler run here matches diffusers' pipeline. Spacing matters for few steps (DESIGN.md 5):
+number, so a sampler run here matches diffusers' pipeline. Spacing matters for few steps (docs/DESIGN.md 5):
 "leading" starts near t = 0 on pure noise for 1 step; "trailing" starts at t = 999.
 """
 

@@ -1,4 +1,4 @@
-"""Checking safetensors weights before anything loads them (DESIGN.md 10).
+"""Checking safetensors weights before anything loads them (docs/DESIGN.md 10).
 
 A truncated download, a file cut short by a full disk or a checkpoint saved for another configuration otherwise
 ends deep inside diffusers or transformers with a long traceback. Two cheap checks answer it in one line:

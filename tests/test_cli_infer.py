@@ -1,4 +1,4 @@
-"""`icv-infer` end to end on a random-weight model, and its answers to bad input (DESIGN.md 10)."""
+"""`icv-infer` end to end on a random-weight model, and its answers to bad input (docs/DESIGN.md 10)."""
 
 from __future__ import annotations
 

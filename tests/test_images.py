@@ -1,4 +1,4 @@
-"""Reading user images (DESIGN.md 10): safe conversions, EXIF rotation, refusals with one clear line."""
+"""Reading user images (docs/DESIGN.md 10): safe conversions, EXIF rotation, refusals with one clear line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model folders and hub ids: found, checked, and refused with one clear line (DESIGN.md 3, 10)."""
+"""Model folders and hub ids: found, checked, and refused with one clear line (docs/DESIGN.md 3, 10)."""
 
 from __future__ import annotations
 

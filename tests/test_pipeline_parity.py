@@ -1,4 +1,4 @@
-"""The torch backend reproduces diffusers' StableDiffusionInstructPix2PixPipeline (DESIGN.md 4)."""
+"""The torch backend reproduces diffusers' StableDiffusionInstructPix2PixPipeline (docs/DESIGN.md 4)."""
 
 from __future__ import annotations
 

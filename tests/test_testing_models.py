@@ -1,4 +1,4 @@
-"""The random-weight factories build the architectures DESIGN.md 3 names (checked on the meta device: no memory)."""
+"""The random-weight factories build the architectures docs/DESIGN.md 3 names (checked on the meta device: no memory)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Every process writes into `checkpoints/.checkpoint-<step>.tmp`; when all are don
 Only folders with that exact name and a `training_state.json` count, so a run killed mid-write resumes from
 the previous checkpoint. The last `keep` checkpoints are kept.
 
-Resuming unpickles nothing it does not need (DESIGN.md 10): accelerate reads the model weights from safetensors
+Resuming unpickles nothing it does not need (docs/DESIGN.md 10): accelerate reads the model weights from safetensors
 and the optimizer, scheduler and RNG states with `torch.load(weights_only=True)`; the moving averages (diffusers'
 EMAModel) are saved here as `ema_<i>.safetensors` (shadow weights as tensors, the few numbers as metadata) instead of
 accelerate's custom-object pickles, which accelerate would read with `weights_only=False`.

@@ -1,4 +1,4 @@
-"""The backend interface (DESIGN.md 8): four calls, shared by torch, ONNX Runtime and TensorRT.
+"""The backend interface (docs/DESIGN.md 8): four calls, shared by torch, ONNX Runtime and TensorRT.
 
 Samplers and guidance never see a backend; the pipeline calls these four methods with torch tensors
 (on `backend.device`) and gets torch tensors back. A backend also says what the model folder told it:

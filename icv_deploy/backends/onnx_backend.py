@@ -1,7 +1,7 @@
-"""ONNX Runtime backend: the four calls over an ONNX folder written by `icv-export onnx` (DESIGN.md 7, 8).
+"""ONNX Runtime backend: the four calls over an ONNX folder written by `icv-export onnx` (docs/DESIGN.md 7, 8).
 
 The contract between an exported folder and this runtime lives here (`graph_io`, `check_onnx_folder`): the
-runtime never imports the exporter (DESIGN.md 2); the exporter writes what these functions read.
+runtime never imports the exporter (docs/DESIGN.md 2); the exporter writes what these functions read.
 The folder's manifest is checked before any session is created (missing or truncated files, wrong channels, a
 graph I/O type this runtime does not feed, another VAE than the one asked for); each session's inputs are then
 checked against the manifest, so a graph swapped behind the manifest's back is refused too. Sessions are created
@@ -279,7 +279,7 @@ class OnnxBackend:
         use_binding = device.type == "cuda" if io_binding is None else bool(io_binding)
         return cls(sessions, info_from_manifest(manifest, folder), device, manifest, use_binding)
 
-    # -- the four calls (DESIGN.md 8) --------------------------------------------------------------------------
+    # -- the four calls (docs/DESIGN.md 8) --------------------------------------------------------------------------
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         b = input_ids.shape[0]
         return self._run("text_encoder", {"input_ids": input_ids}, (b, self.info.max_text_tokens, self.info.text_hidden_size))

@@ -56,7 +56,7 @@ def model_info(folder: Path) -> ModelInfo:
 
 
 def tiny_vae_encode(tiny_vae, pixels: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """[-1, 1] pixels -> UNSCALED image latents, as the SD VAE's posterior mode gives them (DESIGN.md 3).
+    """[-1, 1] pixels -> UNSCALED image latents, as the SD VAE's posterior mode gives them (docs/DESIGN.md 3).
 
     AutoencoderTiny's `.latents` are already in the scaled space (SD's mode * scaling_factor), so divide. diffusers'
     own InstructPix2Pix pipeline with vae=AutoencoderTiny takes `.latents` as they are, which hands the UNet image

@@ -1,4 +1,4 @@
-"""TensorRT backend: the four calls over an engine folder written by `icv-export build-engines` (docs/DESIGN.md §7, §8).
+"""TensorRT backend: the four calls over an engine folder written by `icv-export build-engines` (docs/DESIGN.md 7, 8).
 
 TensorRT is imported only when a folder is opened. Before any engine is deserialised the folder's metadata is
 checked against this machine by pure functions (no TensorRT needed, so they are tested everywhere):
@@ -239,7 +239,7 @@ class TrtBackend:
             engines[name] = TrtEngine(folder / entry["path"], entry["sha256"], _profile(metadata, name), device)
         return cls(engines, info_from_manifest(metadata, folder), device, metadata, cuda_graph)
 
-    # -- the four calls (docs/DESIGN.md §8) ---------------------------------------------------------------------
+    # -- the four calls (docs/DESIGN.md 8) ---------------------------------------------------------------------
     def encode_text(self, input_ids):
         return self.engines["text_encoder"](input_ids=input_ids)
 

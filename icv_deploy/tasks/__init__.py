@@ -1,4 +1,4 @@
-"""Tasks: instruction routing, the visual encodings v(y), their decoders and pictures (DESIGN.md 6)."""
+"""Tasks: instruction routing, the visual encodings v(y), their decoders and pictures (docs/DESIGN.md 6)."""
 
 from .decoders import decode, decode_classification, decode_depth, decode_detection, decode_segmentation
 from .encodings import (BOX_COLOR, COLORS, DEPTH_MAX_M, TASKS, box_line_width, encode_classification, encode_depth,

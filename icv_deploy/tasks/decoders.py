@@ -1,4 +1,4 @@
-"""Decoders: the image the model paints, v(y), back to the task's answer (DESIGN.md 6).
+"""Decoders: the image the model paints, v(y), back to the task's answer (docs/DESIGN.md 6).
 
 The inverse of `encodings.py`, at the size asked for (`out_size` is (height, width), the input image's size;
 None keeps the visual's size). All visuals are HxWx3 uint8 RGB.

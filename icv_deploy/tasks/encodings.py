@@ -1,4 +1,4 @@
-"""Visual encodings v(y): how each task's answer is painted as an image (DESIGN.md 6).
+"""Visual encodings v(y): how each task's answer is painted as an image (docs/DESIGN.md 6).
 
 Training draws its targets with these functions and the runtime's decoders (`decoders.py`) read them back,
 so the two cannot drift apart. All images are HxWx3 uint8 RGB.
