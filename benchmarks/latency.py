@@ -1,5 +1,6 @@
 """How fast is InstructCV on this machine, where does the time go, and how much faster than the paper's setting?
 
+    python benchmarks/latency.py --engine torch,onnx-tuned --json out.json --plot out.png     # the bundled demo model
     python benchmarks/latency.py --model sd15-random --engine torch,onnx-tuned --steps 4 --json out.json --plot out.png
 
 For each engine: median and spread of each stage (tokenize + text encoder, VAE encoder, one guided UNet step of
@@ -10,9 +11,10 @@ same run; on a CPU it is timed at two step counts and extrapolated to 100 (the o
 
 Engines: torch (eager, SDPA attention), torch-fast (channels-last, and on CUDA the guided UNet step replayed
 from a CUDA graph; --compile adds torch.compile), onnx (the runtime's OnnxBackend as it opens a folder),
-onnx-tuned (the same backend with ort_tuning's session options and static shapes), trt (needs --trt-model). `--model sd15-random` builds the full-size SD 1.5
-InstructPix2Pix architecture with random weights once into the cache folder (4.3 GB) and reuses it; onnx
-engines export it once beside it (`icv-export onnx`).
+onnx-tuned (the same backend with ort_tuning's session options and static shapes), trt (needs --trt-model). The
+model is, as everywhere, $ICV_MODEL or else the bundled `demo` unless --model names one; `--model sd15-random` builds
+the full-size SD 1.5 InstructPix2Pix architecture with random weights once into the cache folder (4.3 GB) and
+reuses it. onnx engines export the model once into the cache (`icv-export onnx`; again when the model changes).
 
 `--vae tiny` times the engines with the tiny autoencoder (diffusers' AutoencoderTiny, TAESD) from the model's
 `vae_tiny/` instead of the SD VAE (sd15-random gets a random TAESD of the real architecture, added once; onnx
@@ -84,7 +86,7 @@ def onnx_folder(model_dir: Path, onnx_model: Path | None, cache: Path, vae: str 
     if (model_dir / "manifest.json").exists():
         return model_dir  # already an ONNX folder
     folder = cache / "onnx" / (model_dir.name + ("-vae-tiny" if vae == "tiny" else ""))
-    if not (folder / "manifest.json").exists():
+    if not (folder / "manifest.json").exists() or _exported_from_other(folder, model_dir):
         from tqdm.auto import tqdm
 
         from icv_deploy.export.onnx_export import export_onnx
@@ -94,6 +96,20 @@ def onnx_folder(model_dir: Path, onnx_model: Path | None, cache: Path, vae: str 
                     vae=vae)
     return folder
 
+
+def _exported_from_other(onnx_dir: Path, model_dir: Path) -> bool:
+    """True when the cached export was made from other weights (a retrained demo model, another folder of that name)."""
+    from icv_deploy.export.manifest import MANIFEST_NAME, source_hash
+    from icv_deploy.model_files import read_json
+
+    return read_json(onnx_dir / MANIFEST_NAME).get("source_hash") != source_hash(model_dir)
+
+
+def model_resolution(model_dir: Path) -> int:
+    """The model's own working resolution (icv_config.json), else the paper's 256."""
+    from icv_deploy.model_files import model_config
+
+    return int(model_config(model_dir).get("resolution") or 256)
 
 def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, dtype, k: int, size, compile_unet: bool,
                 vae: str = "full"):
@@ -126,8 +142,9 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", default="sd15-random", show_default=True,
-              help="A diffusers InstructCV folder, or sd15-random (full-size SD 1.5 architecture, random weights).")
+@click.option("--model", default=None, show_default="$ICV_MODEL, else demo",
+              help="A bundled model (demo, demo-1step), a diffusers InstructCV folder or hub id, or sd15-random (full-size "
+                   "SD 1.5 architecture, random weights, built once: 4.3 GB).")
 @click.option("--engine", "engines", default="torch,onnx-tuned", show_default=True,
               help=f"Comma-separated engines, from: {', '.join(ENGINES)}.")
 @click.option("--onnx-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -136,7 +153,8 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
               help="TensorRT engine folder for --engine trt.")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda if available).")
 @click.option("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).")
-@click.option("--resolution", default=256, show_default=True, help="Working resolution (long side, pixels).")
+@click.option("--resolution", default=None, type=int,
+              help="Working resolution (long side, pixels) [default: the model's (icv_config.json), else 256].")
 @click.option("--steps", default=None, type=int, help="Sampling steps (default: 4 on CPU, 10 on CUDA).")
 @click.option("--sampler", default="dpmpp_2m", show_default=True, help="euler_a, euler, dpmpp_2m, dpmpp_2m_trailing, lcm.")
 @click.option("--batch-instructions", "k", default=1, show_default=True, help="K instructions on one image: one UNet batch of 3K.")
@@ -158,7 +176,7 @@ def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps
          baseline_steps, vae, compile_unet, json_out, plot_out, cache_dir):
     """Per-stage latency of InstructCV engines against the paper's diffusers baseline."""
     from icv_deploy.backends.torch_backend import parse_dtype
-    from icv_deploy.model_files import resolve_model
+    from icv_deploy.model_files import default_model, resolve_model
     from icv_deploy.sampling import SAMPLERS
 
     names = [e.strip() for e in engines.split(",") if e.strip()]
@@ -178,7 +196,9 @@ def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps
     steps = steps or (10 if on_cuda else 4)
     counts = [int(s) for s in baseline_steps.split(",")] if baseline_steps else ([100] if on_cuda else [2, 4])
 
+    model = model or default_model()
     model_dir = sd15_random(cache_dir, vae) if model == "sd15-random" else resolve_model(model)
+    resolution = resolution or model_resolution(model_dir)
     needs_onnx = any(e.startswith("onnx") for e in names)
     onnx_dir = onnx_folder(model_dir, onnx_model, cache_dir, vae) if needs_onnx else None
     if onnx_dir is not None:  # refuse a folder exported with the other VAE before minutes of baseline timing

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,15 +12,7 @@ import click
 
 from .cli_common import debug_option, one_line_errors
 from .errors import IcvError
-
-# The model used when --model is not given: $ICV_MODEL, else the bundled demo model once it ships.
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "demo-model"
-
-
-def default_model() -> str | None:
-    if os.environ.get("ICV_MODEL"):
-        return os.environ["ICV_MODEL"]
-    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / "model_index.json").exists() else None
+from .model_files import default_model
 
 
 def parse_resolution(value: str | None):
@@ -50,6 +41,7 @@ def setup_logging() -> None:
 
 EPILOG = """\b
 Examples:
+  icv-infer examples/scene.png "Segment the red ball"            # the bundled demo model
   icv-infer --model ./instructcv cat.jpg "Segment the cat"
   icv-infer --model ./onnx --engine onnx street.png "Detect the car" "Create a monocular depth map"
   icv-infer --model ./instructcv --json pets.jpg "Show blue if the picture has a dog, otherwise show black"
@@ -64,8 +56,9 @@ the raw answer (mask.png, boxes.json, depth.npy + 16-bit depth.png in mm) and re
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("instruction", nargs=-1, required=True)
-@click.option("--model", default=default_model, show_default="$ICV_MODEL or the bundled model",
-              help="Diffusers model folder or hub id (torch), exported ONNX folder (onnx) or engine folder (trt).")
+@click.option("--model", default=default_model, show_default="$ICV_MODEL, else demo",
+              help="A bundled model by name (demo, demo-1step), a diffusers model folder or hub id (torch), an exported "
+                   "ONNX folder (onnx) or an engine folder (trt).")
 @click.option("--engine", type=click.Choice(["torch", "onnx", "trt"]), default="torch", show_default=True, help="Backend.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Torch precision [default: fp16 on CUDA, fp32 on CPU].")
@@ -94,8 +87,6 @@ def main(image, instruction, model, engine, device, dtype, vae, steps, sampler, 
          resolution, task, output, as_json, quiet):
     """Run InstructCV on IMAGE with one or more INSTRUCTIONs (they share one image encoding and run as one batch)."""
     setup_logging()
-    if model is None:
-        raise IcvError("no model: pass --model (a diffusers folder, ONNX folder or engine folder) or set $ICV_MODEL")
     instructions = [text for text in instruction]
     from .images import load_image
     from .pipeline import load

@@ -1,8 +1,9 @@
 """Finding and checking model folders (docs/DESIGN.md 3, 10).
 
-A model is a diffusers-format folder or a Hugging Face hub id. Hub ids are fetched with `snapshot_download`
-(safetensors and configs only: nothing is unpickled) where the network allows, and answered with one clear
-line where it does not.
+A model is a bundled model's name (`demo`, `demo-1step`: folders shipped in icv_deploy/assets/), a
+diffusers-format folder or a Hugging Face hub id. No model at all means $ICV_MODEL, else `demo`. Hub ids are
+fetched with `snapshot_download` (safetensors and configs only: nothing is unpickled) where the network
+allows, and answered with one clear line where it does not.
 """
 
 from __future__ import annotations
@@ -21,8 +22,36 @@ HUB_PATTERNS = ["model_index.json", "icv_config.json", "unet/*", "vae/*", "text_
 HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.h5"]
 
 
-def resolve_model(model: str | Path) -> Path:
-    """A local folder as it is, or a hub id downloaded (or found in the local cache)."""
+# ---- bundled models and the default --------------------------------------------------------------------------------
+# Bundled models are addressed by their bare name; `./demo` (or any other path) means a folder of that name instead.
+BUNDLED_DIR = Path(__file__).parent / "assets"
+BUNDLED_MODELS = ("demo", "demo-1step")
+DEFAULT_MODEL = "demo"
+MODEL_ENV = "ICV_MODEL"
+CONFIG_NAME = "icv_config.json"  # the model's own runtime defaults (sampler, steps, resolution, random_weights)
+
+
+def default_model() -> str:
+    """What "no model given" means: $ICV_MODEL if set, else the bundled demo model."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def bundled_model(name: str) -> Path:
+    """The shipped folder of a bundled model, refused in one line when this installation lacks it."""
+    folder = BUNDLED_DIR / name
+    if not (folder / "model_index.json").exists():
+        raise ModelFilesError(f"model {name}: the bundled model is not installed (no {folder / 'model_index.json'}); "
+                              f"give a model folder or hub id instead, or set ${MODEL_ENV}")
+    return folder
+
+
+def resolve_model(model: str | Path | None = None) -> Path:
+    """A bundled model by name, a local folder as it is, or a hub id downloaded (or found in the local cache).
+    None means `default_model()`."""
+    if model is None or str(model) == "":
+        model = default_model()
+    if isinstance(model, str) and model in BUNDLED_MODELS:
+        return bundled_model(model)
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -96,6 +125,17 @@ def read_json(path: Path) -> dict:
         raise ModelFilesError(f"missing {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFilesError(f"{path}: not valid JSON ({exc.__class__.__name__})") from None
+
+
+def model_config(folder: Path) -> dict:
+    """The model's icv_config.json ({} when it has none): runtime defaults and `random_weights`."""
+    path = Path(folder) / CONFIG_NAME
+    return read_json(path) if path.exists() else {}
+
+
+def has_random_weights(folder: Path) -> bool:
+    """True for models built from configs with random weights (icv_deploy.testing marks them): answers mean nothing."""
+    return bool(model_config(folder).get("random_weights", False))
 
 
 def check_safetensors(part_folder: Path) -> None:

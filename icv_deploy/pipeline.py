@@ -18,7 +18,7 @@ from . import images as imgs
 from .backends import load_backend
 from .errors import IcvError, InstructionError, ModelFilesError
 from .guidance import GuidedDenoiser, guidance_batch
-from .model_files import read_json, resolve_model
+from .model_files import default_model, model_config, read_json, resolve_model
 from .result import Result
 from .sampling import SAMPLERS
 from .schedules import make_schedule
@@ -32,19 +32,24 @@ DEFAULTS = {"sampler": "euler_a", "steps": 100, "resolution": 256, "guidance_sca
 
 
 class InstructCVPipeline:
-    def __init__(self, backend, tokenizer, scheduler_config: dict, defaults: dict | None = None, source: str = ""):
+    def __init__(self, backend, tokenizer, scheduler_config: dict, defaults: dict | None = None, source: str = "",
+                 random_weights: bool = False):
         self.backend, self.tokenizer, self.scheduler_config = backend, tokenizer, scheduler_config
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.source = source
+        self.random_weights = random_weights  # built from configs (icv_deploy.testing): the answers mean nothing
         self.progress = True
         self._empty_embedding = None
 
     @classmethod
-    def from_pretrained(cls, model, engine: str = "torch", device: str = "cpu", dtype=None, vae: str | None = None, **options):
-        """A diffusers model folder or hub id (torch), an exported ONNX folder (onnx) or an engine folder (trt).
+    def from_pretrained(cls, model=None, engine: str = "torch", device: str = "cpu", dtype=None, vae: str | None = None,
+                        **options):
+        """A bundled model's name, a diffusers model folder or hub id (torch), an exported ONNX folder (onnx) or an
+        engine folder (trt); None means $ICV_MODEL, else the bundled `demo`.
         `vae="tiny"` encodes and decodes with the tiny autoencoder (TAESD, `vae_tiny/`; see load_backend)."""
         from transformers import CLIPTokenizer
 
+        model = default_model() if model is None else model
         folder = resolve_model(model)
         for part in ("tokenizer", "scheduler"):
             if not (folder / part).is_dir():
@@ -55,8 +60,13 @@ class InstructCVPipeline:
         except Exception as exc:
             raise ModelFilesError(f"{folder / 'tokenizer'}: cannot load the CLIP tokenizer ({type(exc).__name__})") from None
         scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
-        defaults = read_json(folder / "icv_config.json") if (folder / "icv_config.json").exists() else {}
-        return cls(backend, tokenizer, scheduler_config, {k: v for k, v in defaults.items() if k in DEFAULTS}, str(model))
+        config = model_config(folder)
+        random_weights = bool(config.get("random_weights", False))
+        if random_weights:
+            log.warning("model %s has random weights (built from configs for tests and benchmarks): its answers are "
+                        "meaningless", model)
+        return cls(backend, tokenizer, scheduler_config, {k: v for k, v in config.items() if k in DEFAULTS}, str(model),
+                   random_weights=random_weights)
 
     # -- the four stages --------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -147,7 +157,8 @@ class InstructCVPipeline:
                         "image_guidance_scale": image_guidance_scale, "resolution": resolution, "engine": self.backend.name,
                         "vae": getattr(self.backend, "vae_kind", "full")}
             colors = (r.color_if_present, r.color_if_absent) if r.task == "classification" else None
-            results.append(Result(text, r.task, r.category, original, visual, settings, colors=colors, **answer))
+            results.append(Result(text, r.task, r.category, original, visual, settings, colors=colors,
+                                  random_weights=self.random_weights, **answer))
         timings["postprocess_ms"] = _ms(t1)
         timings["total_ms"] = _ms(t0)
         for res in results:
@@ -159,7 +170,9 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def load(model, engine: str = "torch", device: str = "cpu", dtype=None, vae: str | None = None, **options) -> InstructCVPipeline:
-    """Open a model for inference. `model`: diffusers folder or hub id (torch), ONNX folder (onnx), engines (trt).
+def load(model=None, engine: str = "torch", device: str = "cpu", dtype=None, vae: str | None = None,
+         **options) -> InstructCVPipeline:
+    """Open a model for inference. `model`: a bundled model's name (`demo`, `demo-1step`), a diffusers folder or hub id
+    (torch), an ONNX folder (onnx), engines (trt); None: $ICV_MODEL, else `demo`.
     `vae`: None (the model's VAE; an ONNX/engine folder's own), "full" or "tiny" (TAESD from vae_tiny/)."""
     return InstructCVPipeline.from_pretrained(model, engine=engine, device=device, dtype=dtype, vae=vae, **options)

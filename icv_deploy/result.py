@@ -26,6 +26,7 @@ class Result:
     present: bool | None = None
     score: float | None = None
     colors: tuple[str, str] | None = None  # classification: (colour if present, colour if absent)
+    random_weights: bool = False  # the model was built from configs with random weights: the answer means nothing
     files: dict = field(default_factory=dict)  # name -> path, filled by save()
 
     def to_json(self) -> dict:
@@ -34,6 +35,7 @@ class Result:
         out = {
             "instruction": self.instruction, "task": self.task, "category": self.category,
             "image_size": [w, h], "model_size": [self.visual.shape[1], self.visual.shape[0]], **self.settings,
+            "random_weights": bool(self.random_weights),
         }
         if self.task == "segmentation":
             out["mask_fraction"] = round(float(self.mask.mean()), 6)
@@ -50,7 +52,8 @@ class Result:
         return out
 
     def overlay(self) -> np.ndarray:
-        """The picture for this task: mask overlay, drawn boxes, colour-mapped depth or a yes/no card."""
+        """The picture for this task: mask overlay, drawn boxes ("no boxes found" when none), colour-mapped depth with
+        a colour bar in metres, or a yes/no card."""
         from .tasks import visualize
 
         if self.task == "segmentation":
@@ -58,7 +61,7 @@ class Result:
         if self.task == "detection":
             return visualize.draw_boxes(self.image, self.boxes, self.scores, label=self.category)
         if self.task == "depth":
-            return visualize.colorize_depth(self.depth)
+            return visualize.depth_picture(self.depth)
         return visualize.classification_card(self.image, self.present, self.score, self.category)
 
     def save(self, folder: str | Path) -> dict:

@@ -5,7 +5,9 @@ InstructPix2Pix architecture: 859.5 M-parameter 8-channel UNet, CLIP ViT-L/14 te
 measure the real cost. The folders have exactly the layout of `timbrooks/instruct-pix2pix` or
 `alaa-lab/InstructCV`, and load through the same code path (`icv_deploy.load`, diffusers' `from_pretrained`).
 `tiny_vae=True` (or `add_tiny_vae` on an existing folder) adds the optional `vae_tiny/` (diffusers AutoencoderTiny:
-TAESD's architecture for sd15, a small one with the same scale factor for tiny).
+TAESD's architecture for sd15, a small one with the same scale factor for tiny). Every folder built here is marked
+`"random_weights": true` in its icv_config.json, so that the runtime, `icv-infer` and `icv-eval` say its answers mean
+nothing.
 
     python -m icv_deploy.testing tiny /tmp/tiny-icv      # or: sd15 /tmp/sd15-random, add-tiny-vae /tmp/sd15-random
 """
@@ -104,6 +106,16 @@ def add_tiny_vae(folder: str | Path, config: dict | None = None, seed: int = 0) 
     return folder
 
 
+def mark_random_weights(folder: str | Path) -> Path:
+    """Set `"random_weights": true` in the folder's icv_config.json (written if it has none, other keys kept)."""
+    from .atomic import write_json
+    from .model_files import CONFIG_NAME, model_config
+
+    folder = Path(folder)
+    write_json(folder / CONFIG_NAME, {**model_config(folder), "random_weights": True})
+    return folder
+
+
 def build_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg: dict, seed: int = 0, tokenizer_dir: str | Path | None = None):
     """A `StableDiffusionInstructPix2PixPipeline` with random weights drawn from `seed`."""
     import tempfile
@@ -131,6 +143,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, vae_levels: int = 3, tin
     out_dir = Path(out_dir)
     pipe = build_pipeline(*tiny_configs(vae_levels), seed=seed)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    mark_random_weights(out_dir)
     if tiny_vae:
         add_tiny_vae(out_dir, tiny_vae_config(vae_levels), seed=seed)
     return out_dir
@@ -142,6 +155,7 @@ def make_sd15_model(out_dir: str | Path, seed: int = 0, tiny_vae: bool = False) 
     out_dir = Path(out_dir)
     pipe = build_pipeline(SD15_UNET, SD15_VAE, SD15_TEXT, seed=seed)
     pipe.save_pretrained(out_dir, safe_serialization=True)
+    mark_random_weights(out_dir)
     if tiny_vae:
         add_tiny_vae(out_dir, TAESD_CONFIG, seed=seed)
     return out_dir

@@ -88,7 +88,7 @@ def _bad_model(tmp_path, tiny_model, kind):
     ("text-image", "not an image"),
     ("empty-instruction", "empty"),
     ("no-task", "segment"),  # the message lists examples
-    ("no-model", "no model"),
+    ("no-model", "bundled model is not installed"),  # no --model, no $ICV_MODEL, no demo shipped
     ("missing-model", "no such folder"),
     ("no-unet", "unet"),
     ("pickle-only", "safetensors"),
@@ -98,6 +98,7 @@ def _bad_model(tmp_path, tiny_model, kind):
 ])
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, tiny_model, image_path, monkeypatch, case, needle):
     monkeypatch.delenv("ICV_MODEL", raising=False)
+    monkeypatch.setattr("icv_deploy.model_files.BUNDLED_DIR", tmp_path / "no-assets")
     model, image, instruction, extra = tiny_model, image_path, "Segment the red box", []
     if case == "missing-image":
         image = tmp_path / "nope.png"

@@ -91,6 +91,7 @@ def test_oracle_scores_perfectly_and_writes_all_files(oracle, synth_dir, tmp_pat
     assert report["queries"] == sum(s.get("queries", s.get("images", 0)) for s in synth.values())
     table = (out / "table.md").read_text()
     assert "mIoU" in table and "| 100.0 |" in table and table.splitlines()[0] in result.output
+    assert report["random_weights"] is False and "Random weights" not in table  # a model that is not marked
     for task in ALL_TASKS:
         assert len(list((out / "examples" / task).glob("*.png"))) >= 1
     assert len(oracle.calls) == report["queries"]  # --batch 1: one call per query
@@ -204,10 +205,14 @@ def test_icv_eval_with_a_random_tiny_model(tiny_model, synth_dir, tmp_path, monk
             else:
                 assert math.isfinite(value), (task, key, value)
     assert (out / "table.md").exists() and len(list((out / "examples").glob("*/*.png"))) == 4
-    # Rerun: everything is done, nothing runs again (the model is not even loaded).
+    # The tiny model is marked as random-weight: so are its metrics, first line of the table included.
+    assert report["random_weights"] is True
+    assert (out / "table.md").read_text().startswith("**Random weights:**")
+    # Rerun: everything is done, nothing runs again (the model is not even loaded), and the mark stays.
     calls.clear()
     assert CliRunner().invoke(ev.main, args).exit_code == 0
     assert calls == []
+    assert json.loads((out / "metrics.json").read_text())["random_weights"] is True
 
 
 def test_vae_choice_reaches_the_runtime_and_must_match_to_resume(synth_dir, tmp_path, monkeypatch):

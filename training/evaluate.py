@@ -39,14 +39,21 @@ from icv_deploy import metrics
 from icv_deploy.atomic import write_bytes, write_json, write_text
 from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
+from icv_deploy.model_files import default_model
 from icv_deploy.tasks.encodings import COLORS, DEPTH_MAX_M, TASKS, encode_classification, encode_depth, encode_detection, encode_segmentation
 from icv_deploy.tasks.routing import DEFAULT_COLORS
+from icv_deploy.tasks.visualize import TILE_HEIGHT, labelled_grid
 
 from .datasets import Example
 from .eval_queries import Query, batches, collect_queries
 
 # Settings that change the predictions: a resumed run must use the same ones.
 SETTING_KEYS = ("model", "engine", "sampler", "steps", "seed", "resolution", "prompts", "vae")
+
+
+# The first line of table.md for a model that icv_deploy.testing built (icv_config.json: "random_weights": true).
+RANDOM_WEIGHTS_NOTE = ("**Random weights:** model {model} was built from configs with random weights; these figures "
+                       "exercise the pipeline and mean nothing about accuracy.")
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -139,8 +146,11 @@ def read_records(out: Path) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------------------------- example pictures
+EXAMPLE_COLUMNS = ("input", "model output", "answer", "target")
+
 def save_example_picture(folder: Path, query: Query, example: Example, res) -> None:
-    """input | model output v(y) | overlay | target v(y), side by side, at the input's height."""
+    """input | model output v(y) | overlay | target v(y), side by side under their labels, the instruction below,
+    enlarged to at least 256 pixels high so that a 128-pixel model's output can be read."""
     image = example.image
     h, w = image.shape[:2]
     if query.task == "segmentation":
@@ -152,14 +162,9 @@ def save_example_picture(folder: Path, query: Query, example: Example, res) -> N
     else:
         c1, c2 = query.colors or res.colors or DEFAULT_COLORS
         target = encode_classification(bool(example.present), (h, w), c1, c2)
-    panels = [image, res.visual]
-    try:
-        panels.append(res.overlay())
-    except (ImportError, AttributeError):  # no tasks/visualize.py in this build
-        pass
-    panels.append(target)
-    row = np.concatenate([cv2.resize(np.ascontiguousarray(p, dtype=np.uint8), (max(1, round(p.shape[1] * h / p.shape[0])), h),
-                                     interpolation=cv2.INTER_NEAREST) for p in panels], axis=1)
+    panels = [image, res.visual, res.overlay(), target]
+    row = labelled_grid([[np.ascontiguousarray(p, dtype=np.uint8) for p in panels]], column_labels=list(EXAMPLE_COLUMNS),
+                        row_captions=[query.instruction], tile_height=max(TILE_HEIGHT, h))
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", query.key)[-80:]
     ok, data = cv2.imencode(".png", cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
     if ok:
@@ -255,7 +260,8 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
                     results = [pipe(ex.image, q.instruction, task=q.task, **kwargs) for q, ex in zip(group, loaded)]
                 seconds = (time.perf_counter() - t0) / len(group)
                 for q, ex, res in zip(group, loaded, results):
-                    log.append({**score(q, ex, res), "seconds": round(seconds, 4)})
+                    log.append({**score(q, ex, res), "seconds": round(seconds, 4),
+                                "random_weights": bool(getattr(pipe, "random_weights", False))})
                     if is_main and pictures[q.task] < examples:
                         save_example_picture(out / "examples" / q.task, q, ex, res)
                         pictures[q.task] += 1
@@ -271,9 +277,14 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
     results = compute_metrics(wanted)
     label = f"{Path(str(model)).name} ({engine}, {sampler or 'default sampler'}, {steps or 'default'} steps" + \
         (f", {vae} VAE)" if vae else ")")
-    report = {"settings": settings, "data": list(data), "queries": len(wanted), "results": results, "label": label}
+    # Each record says whether its model had random weights: known on resume too, without opening the model.
+    random_weights = any(r.get("random_weights", False) for r in wanted)
+    report = {"settings": settings, "data": list(data), "queries": len(wanted), "random_weights": random_weights,
+              "results": results, "label": label}
     write_json(out / "metrics.json", _json_safe(report))
     table = f"{metrics.table1({label: results})}\n{metrics.details_table(results)}"
+    if random_weights:
+        table = f"{RANDOM_WEIGHTS_NOTE.format(model=model)}\n\n{table}"
     write_text(out / "table.md", table)
     return report
 
@@ -305,7 +316,9 @@ def _task_list(ctx, param, value):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", required=True, help="Diffusers folder or hub id (torch), ONNX folder (onnx) or engine folder (trt).")
+@click.option("--model", default=default_model, show_default="$ICV_MODEL, else demo",
+              help="A bundled model by name (demo, demo-1step), a diffusers folder or hub id (torch), an ONNX folder (onnx) "
+                   "or an engine folder (trt).")
 @click.option("--engine", type=click.Choice(["torch", "onnx", "trt"]), default="torch", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the process's GPU under accelerate, else cuda if present, else cpu).")
 @click.option("--data", "data", multiple=True, required=True, metavar="SOURCE",

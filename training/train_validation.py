@@ -1,5 +1,8 @@
 """Validation pictures during training: for fixed examples of each task, a row of input | target | prediction.
 
+Columns are labelled and each row carries its instruction; pictures are enlarged to at least 256 pixels (nearest
+neighbour) so that the text and the model's pixels can be read.
+
 Predictions come from diffusers' `StableDiffusionInstructPix2PixPipeline` built from the modules being trained
 (EMA weights when EMA is on), with a short Euler-ancestral run and a fixed seed, so that grids of successive
 steps are comparable. The grid is saved as `validation/step-<step>.png` and sent to tensorboard.
@@ -14,8 +17,11 @@ import torch
 from PIL import Image
 
 from icv_deploy.atomic import atomic_path
+from icv_deploy.tasks.visualize import TILE_HEIGHT, labelled_grid
 
 from .augment import center_pair
+
+COLUMNS = ("input", "target", "prediction")
 
 
 def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_folder: Path):
@@ -30,9 +36,9 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_folder: Path):
 
 @torch.no_grad()
 def predict_grid(pipe, rows, indices: list[int], resolution: int, steps: int, seed: int, device) -> Image.Image:
-    """One row per example: input, target and prediction side by side, each resolution x resolution."""
+    """One row per example: input, target and prediction side by side under their labels, the instruction below."""
     pipe.set_progress_bar_config(disable=True)
-    lines = []
+    pictures, captions = [], []
     for index in indices:
         row = rows[index]
         image, target = center_pair(row["input_image"], row["edited_image"], resolution)
@@ -43,8 +49,10 @@ def predict_grid(pipe, rows, indices: list[int], resolution: int, steps: int, se
             prediction = pipe(row["edit_prompt"], image=image, num_inference_steps=steps, guidance_scale=7.5,
                               image_guidance_scale=1.5, generator=generator, output_type="pil").images[0]
         prediction = prediction.convert("RGB").resize((resolution, resolution))
-        lines.append(np.concatenate([np.asarray(p) for p in (image, target, prediction)], axis=1))
-    return Image.fromarray(np.concatenate(lines, axis=0))
+        pictures.append([np.asarray(p.convert("RGB")) for p in (image, target, prediction)])
+        captions.append(row["edit_prompt"])
+    grid = labelled_grid(pictures, column_labels=list(COLUMNS), row_captions=captions, tile_height=max(TILE_HEIGHT, resolution))
+    return Image.fromarray(grid)
 
 
 def save_grid(grid: Image.Image, folder: Path, step: int, trackers=()) -> Path:
