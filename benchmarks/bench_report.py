@@ -21,7 +21,8 @@ def machine_description(device: str) -> dict:
     out = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
            "cpu": cpu_model(), "cpu_cores": _cores(), "torch_threads": torch.get_num_threads(),
            "load_average_at_start": load_average()}
-    for name in ("diffusers", "transformers", "onnxruntime"):
+    out["cpu_flags"] = cpu_flags()
+    for name in ("diffusers", "transformers", "onnxruntime", "openvino"):
         try:
             out[name] = __import__(name).__version__
         except ImportError:
@@ -30,6 +31,19 @@ def machine_description(device: str) -> dict:
         out["gpu"] = torch.cuda.get_device_name(torch.device(device))
         out["cuda"] = torch.version.cuda
     return out
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide what bf16 and int8 can gain (AVX-512, its BF16 and VNNI parts, AMX)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def load_average() -> list[float] | None:

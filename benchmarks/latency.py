@@ -16,6 +16,10 @@ model is, as everywhere, $ICV_MODEL or else the bundled `demo` unless --model na
 the full-size SD 1.5 InstructPix2Pix architecture with random weights once into the cache folder (4.3 GB) and
 reuses it. onnx engines export the model once into the cache (`icv-export onnx`; again when the model changes).
 
+OpenVINO engines (bench_openvino.py; CPU): openvino-bf16, openvino-f32 (the ONNX folder in OpenVINO at that
+precision), openvino (whichever of the two this CPU runs by default) and openvino-int8 (an int8 IR folder:
+--openvino-model, or one quantized once into the cache). Each is named by the precision it runs in.
+
 `--vae tiny` times the engines with the tiny autoencoder (diffusers' AutoencoderTiny, TAESD) from the model's
 `vae_tiny/` instead of the SD VAE (sd15-random gets a random TAESD of the real architecture, added once; onnx
 engines use a second export made with `--vae tiny`). The baseline keeps the full VAE: it is the paper's setting.
@@ -37,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* modules beside this script
 
 from bench_baseline import time_baseline  # noqa: E402
+from bench_openvino import OPENVINO_ENGINES, int8_folder, open_openvino, resolve_names  # noqa: E402
 from bench_report import (add_relative_figures, engine_entry, load_average, machine_description, print_table,  # noqa: E402
                           write_plot)
 from bench_stages import measure_pipeline  # noqa: E402
@@ -44,7 +49,7 @@ from bench_stages import measure_pipeline  # noqa: E402
 from icv_deploy.cli_common import debug_option, one_line_errors  # noqa: E402
 from icv_deploy.errors import IcvError  # noqa: E402
 
-ENGINES = ("torch", "torch-fast", "onnx", "onnx-tuned", "trt")
+ENGINES = ("torch", "torch-fast", "onnx", "onnx-tuned", "trt", *OPENVINO_ENGINES)
 INSTRUCTIONS = ("Segment the cat", "Detect the dog", "Create a monocular depth map",
                 "Show blue if the picture has a cat, otherwise show black")
 DEFAULT_CACHE = Path(os.environ.get("ICV_CACHE", Path.home() / ".cache" / "icv-deploy"))
@@ -112,7 +117,7 @@ def model_resolution(model_dir: Path) -> int:
     return int(model_config(model_dir).get("resolution") or 256)
 
 def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, dtype, k: int, size, compile_unet: bool,
-                vae: str = "full"):
+                vae: str = "full", int8_dir: Path | None = None, cache: Path = DEFAULT_CACHE):
     """An InstructCVPipeline for `engine`, and the options it was opened with (for the JSON)."""
     from icv_deploy.pipeline import InstructCVPipeline
 
@@ -134,6 +139,8 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
         pipe = InstructCVPipeline(backend, CLIPTokenizer.from_pretrained(onnx_dir / "tokenizer"),
                                   read_json(onnx_dir / "scheduler" / "scheduler_config.json"), source=str(onnx_dir))
         return pipe, {"static_dims": backend.static_dims, "session_options": "icv_deploy.backends.ort_tuning"}
+    if engine in OPENVINO_ENGINES:
+        return open_openvino(engine, onnx_dir, int8_dir, cache, vae)
     if engine == "trt":
         if trt_model is None:
             raise IcvError("--engine trt needs --trt-model FOLDER (engines built by `icv-export trt`)")
@@ -151,6 +158,9 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
               help="ONNX folder for the onnx engines (default: export --model once into the cache).")
 @click.option("--trt-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="TensorRT engine folder for --engine trt.")
+@click.option("--openvino-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="int8 OpenVINO IR folder (icv-export openvino --precision int8) for --engine openvino-int8 "
+                   "(default: quantize the ONNX folder once into the cache).")
 @click.option("--device", default=None, help="cpu or cuda[:N] (default: cuda if available).")
 @click.option("--dtype", default=None, help="fp32, fp16 or bf16 (default: fp16 on CUDA, fp32 on CPU).")
 @click.option("--resolution", default=None, type=int,
@@ -172,7 +182,7 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
               help="Where sd15-random and exported ONNX folders are kept (env ICV_CACHE).")
 @debug_option
 @one_line_errors
-def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps, sampler, k, repeats, baseline,
+def main(model, engines, onnx_model, trt_model, openvino_model, device, dtype, resolution, steps, sampler, k, repeats, baseline,
          baseline_steps, vae, compile_unet, json_out, plot_out, cache_dir):
     """Per-stage latency of InstructCV engines against the paper's diffusers baseline."""
     from icv_deploy.backends.torch_backend import parse_dtype
@@ -199,8 +209,10 @@ def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps
     model = model or default_model()
     model_dir = sd15_random(cache_dir, vae) if model == "sd15-random" else resolve_model(model)
     resolution = resolution or model_resolution(model_dir)
-    needs_onnx = any(e.startswith("onnx") for e in names)
+    needs_onnx = any(e.startswith(("onnx", "openvino")) for e in names)
+    names = resolve_names(names)  # "openvino" named by the precision it runs in on this CPU
     onnx_dir = onnx_folder(model_dir, onnx_model, cache_dir, vae) if needs_onnx else None
+    int8_dir = int8_folder(onnx_dir, openvino_model, cache_dir) if "openvino-int8" in names else None
     if onnx_dir is not None:  # refuse a folder exported with the other VAE before minutes of baseline timing
         from icv_deploy.backends.onnx_backend import check_onnx_folder, check_vae_choice, folder_vae
 
@@ -226,7 +238,8 @@ def main(model, engines, onnx_model, trt_model, device, dtype, resolution, steps
         gc.collect()
     for engine in names:
         click.echo(f"{engine}: loading", err=True)
-        pipe, options = open_engine(engine, model_dir, onnx_dir, trt_model, device, torch_dtype, k, size, compile_unet, vae)
+        pipe, options = open_engine(engine, model_dir, onnx_dir, trt_model, device, torch_dtype, k, size, compile_unet, vae,
+                                    int8_dir, cache_dir)
         click.echo(f"{engine}: timing {repeats} repeats of each stage", err=True)
         measured = measure_pipeline(pipe, image, instructions, steps, sampler, repeats, resolution=resolution)
         graphed = getattr(pipe.backend, "graphed_unet", None)

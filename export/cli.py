@@ -2,7 +2,8 @@
 
     icv-export onnx --model MODEL --output onnx/ [--fp16] [--opset 17] [--no-verify] [--vae full|tiny]
     icv-export build-engines --onnx onnx/ --output engines/ [--min-resolution 128 --opt-resolution 256 --max-resolution 512]
-    icv-export check onnx/                      # the runtime's manifest check, plus content hashes
+    icv-export openvino --onnx onnx/ --output ov/ [--precision bf16|f32|int8]
+    icv-export check onnx/                      # the runtime's manifest check, plus content hashes (ONNX or IR)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from icv_deploy.errors import IcvError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """Export an InstructCV model to ONNX (ONNX Runtime) and build TensorRT fp16 engines."""
+    """Export an InstructCV model to ONNX (ONNX Runtime), build TensorRT fp16 engines, convert to OpenVINO IR."""
 
 
 @main.command("onnx")
@@ -95,17 +96,61 @@ def build_engines_command(onnx_dir, model, output, min_resolution, opt_resolutio
     click.echo(f"wrote {output} (TensorRT {metadata['tensorrt_version']}, {metadata['gpu_name']})")
 
 
+@main.command("openvino")
+@click.option("--onnx", "onnx_dir", required=True, type=click.Path(path_type=Path),
+              help="An fp32 ONNX folder written by `icv-export onnx`.")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="IR folder to write (openvino_model.xml/.bin per submodel plus manifest.json). Resumes here.")
+@click.option("--precision", type=click.Choice(["bf16", "f32", "int8"]), default="bf16", show_default=True,
+              help="bf16: f16 weights on disk, runs bf16 where the CPU has it (AMX, AVX512-BF16), f32 elsewhere. "
+                   "f32: f32 weights, runs f32. int8: bf16 plus a UNet quantized with NNCF (post-training, SmoothQuant, "
+                   "first and last layers and the time embedding kept in float), calibrated on the UNet's own inputs "
+                   "from the calibration images and instructions.")
+@click.option("--calibration-image", "calibration_images", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="int8: an image to calibrate on (repeatable) [default: the repository's examples/*.png].")
+@click.option("--calibration-instruction", "calibration_instructions", multiple=True,
+              help="int8: an instruction to calibrate with (repeatable) [default: one per task, as in the README].")
+@click.option("--calibration-steps", default=8, show_default=True, type=click.IntRange(1, 200),
+              help="int8: sampler steps per image, instruction and seed (2 seeds); each step is one recorded UNet call.")
+@click.option("--calibration-resolution", default=None, type=click.IntRange(16, 2048),
+              help="int8: working resolution while calibrating [default: the model's, else 256].")
+@debug_option
+@one_line_errors
+def openvino_command(onnx_dir, output, precision, calibration_images, calibration_instructions, calibration_steps,
+                     calibration_resolution):
+    """Convert an ONNX folder to an OpenVINO IR folder for the CPU (`--engine openvino`), optionally with an int8 UNet."""
+    from tqdm.auto import tqdm
+
+    from .calibration import CALIBRATION_INSTRUCTIONS
+    from .openvino_export import export_openvino
+
+    manifest = export_openvino(
+        onnx_dir, output, precision=precision, calibration_images=list(calibration_images) or None,
+        calibration_instructions=list(calibration_instructions) or CALIBRATION_INSTRUCTIONS,
+        calibration_steps=calibration_steps, calibration_resolution=calibration_resolution or ..., log=tqdm.write,
+        progress=tqdm)
+    for name, entry in manifest["submodels"].items():
+        click.echo(f"{name:13s} {(entry['bytes'] + entry['weights']['bytes']) / 1e6:9.1f} MB  {entry['weights_dtype']} weights")
+    quant = manifest.get("quantization")
+    if quant:
+        click.echo(f"unet int8: {quant['fake_quantize_nodes']} quantizers, calibrated on {quant['calibration']['unet_calls']} "
+                   f"UNet calls; relative L2 error vs f32 {quant['unet_rel_l2_vs_f32_on_calibration_inputs']:.2%}")
+    click.echo(f"wrote {output}")
+
+
 @main.command("check")
 @click.argument("folder", type=click.Path(path_type=Path))
 @debug_option
 @one_line_errors
 def check_command(folder):
-    """Check an ONNX folder as the runtime does, plus every file's content hash."""
-    from icv_deploy.backends.onnx_backend import check_onnx_folder, folder_vae
+    """Check an ONNX or OpenVINO IR folder as the runtime does, plus every file's content hash."""
+    from icv_deploy.backends.onnx_backend import folder_vae
+    from icv_deploy.backends.openvino_backend import check_folder
 
-    manifest = check_onnx_folder(folder, verify_hashes=True)
-    click.echo(json.dumps({"folder": str(folder), "precision": manifest["precision"], "opset": manifest["opset"],
-                           "vae": folder_vae(manifest), "source_model": manifest["source_model"], "ok": True}))
+    manifest, kind = check_folder(folder, verify_hashes=True)
+    click.echo(json.dumps({"folder": str(folder), "format": manifest["format"], "precision": manifest["precision"],
+                           "opset": manifest.get("opset"), "vae": folder_vae(manifest),
+                           "source_model": manifest["source_model"], "ok": True}))
 
 
 if __name__ == "__main__":

@@ -31,12 +31,13 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def setup_logging() -> None:
-    """Warnings as `warning: ...` lines on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    """Warnings as `warning: ...` lines on stderr; with --debug (cli_common.show_debug_log) debug lines too."""
     logger = logging.getLogger("icv_deploy")
+    debug = logger.level == logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if debug else "warning: %(message)s"))
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 EPILOG = """\b
@@ -44,6 +45,7 @@ Examples:
   icv-infer examples/scene.png "Segment the red ball"            # the bundled demo model
   icv-infer --model ./instructcv cat.jpg "Segment the cat"
   icv-infer --model ./onnx --engine onnx street.png "Detect the car" "Create a monocular depth map"
+  icv-infer --model ./openvino-int8 --engine openvino street.png "Detect the car"   # CPU, int8 UNet
   icv-infer --model ./instructcv --json pets.jpg "Show blue if the picture has a dog, otherwise show black"
   icv-infer --model ./instructcv --vae tiny --steps 4 cat.jpg "Segment the cat"   # TAESD from ./instructcv/vae_tiny
 
@@ -59,9 +61,13 @@ the raw answer (mask.png, boxes.json, depth.npy + 16-bit depth.png in mm) and re
 @click.option("--model", default=default_model, show_default="$ICV_MODEL, else demo",
               help="A bundled model by name (demo, demo-1step), a diffusers model folder or hub id (torch), an exported "
                    "ONNX folder (onnx) or an engine folder (trt).")
-@click.option("--engine", type=click.Choice(["torch", "onnx", "trt"]), default="torch", show_default=True, help="Backend.")
+@click.option("--engine", type=click.Choice(["torch", "onnx", "trt", "openvino"]), default="torch", show_default=True,
+              help="Backend. openvino: CPU, from an ONNX folder or an `icv-export openvino` IR folder; bf16 where the "
+                   "CPU has it (--debug says which and why), f32 elsewhere, int8 UNet from an int8 IR folder.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None, help="Torch precision [default: fp16 on CUDA, fp32 on CPU].")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Precision [torch default: fp16 on CUDA, fp32 on CPU; openvino default: the folder's, bf16 where the "
+                   "CPU has it].")
 @click.option("--vae", type=click.Choice(["full", "tiny"]), default=None,
               help="Image encoder/decoder. full: the model's SD VAE. tiny: TAESD, about 10x cheaper to encode and "
                    "decode (most of the time outside the UNet on a CPU), slightly softer images; needs vae_tiny/ in the "

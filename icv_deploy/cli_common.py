@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 
 import click
@@ -24,13 +25,25 @@ def quiet_libraries() -> None:
         lib.utils.logging.disable_progress_bar()
 
 
+def show_debug_log() -> None:
+    """--debug: icv_deploy's debug lines on stderr (e.g. the precision a backend chose, and why)."""
+    logger = logging.getLogger("icv_deploy")
+    logger.setLevel(logging.DEBUG)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def one_line_errors(f):
     """Turn IcvError (and the usual file errors) into `error: ...` on stderr and exit code 2, unless --debug.
     Also quiets the libraries' own logging unless --debug."""
 
     @functools.wraps(f)
     def wrapper(*args, debug: bool = False, **kwargs):
-        if not debug:
+        if debug:
+            show_debug_log()
+        else:
             quiet_libraries()
         try:
             return f(*args, **kwargs)

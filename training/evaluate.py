@@ -319,7 +319,9 @@ def _task_list(ctx, param, value):
 @click.option("--model", default=default_model, show_default="$ICV_MODEL, else demo",
               help="A bundled model by name (demo, demo-1step), a diffusers folder or hub id (torch), an ONNX folder (onnx) "
                    "or an engine folder (trt).")
-@click.option("--engine", type=click.Choice(["torch", "onnx", "trt"]), default="torch", show_default=True)
+@click.option("--engine", type=click.Choice(["torch", "onnx", "trt", "openvino"]), default="torch", show_default=True,
+              help="openvino: the precision is the folder's (an ONNX folder runs bf16 where the CPU has it; an "
+                   "`icv-export openvino` folder its own f32, bf16 or int8).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the process's GPU under accelerate, else cuda if present, else cpu).")
 @click.option("--data", "data", multiple=True, required=True, metavar="SOURCE",
               help="KIND:ROOT or KIND[SPLIT]:ROOT (KIND: coco, ade20k, nyuv2, pets, synth) or an `icv-data build` folder; repeatable.")
