@@ -31,9 +31,9 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def setup_logging() -> None:
-    """Warnings as `warning: ...` lines on stderr; with --debug (cli_common.show_debug_log) debug lines too."""
+    """Warnings as `warning: ...` lines on stderr; with --debug (cli_common.debug_log) debug lines too."""
     logger = logging.getLogger("icv_deploy")
-    debug = logger.level == logging.DEBUG
+    debug = logger.level == logging.DEBUG  # set by --debug for this command only
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if debug else "warning: %(message)s"))
     logger.handlers[:] = [handler]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -25,14 +26,24 @@ def quiet_libraries() -> None:
         lib.utils.logging.disable_progress_bar()
 
 
-def show_debug_log() -> None:
-    """--debug: icv_deploy's debug lines on stderr (e.g. the precision a backend chose, and why)."""
+@contextlib.contextmanager
+def debug_log(enabled: bool):
+    """--debug: icv_deploy's debug lines on stderr (e.g. the precision a backend chose, and why) for one command;
+    the logger is put back afterwards (a process that runs several commands, such as the tests, gets no stale level)."""
+    if not enabled:
+        yield
+        return
     logger = logging.getLogger("icv_deploy")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def one_line_errors(f):
@@ -41,12 +52,11 @@ def one_line_errors(f):
 
     @functools.wraps(f)
     def wrapper(*args, debug: bool = False, **kwargs):
-        if debug:
-            show_debug_log()
-        else:
+        if not debug:
             quiet_libraries()
         try:
-            return f(*args, **kwargs)
+            with debug_log(debug):
+                return f(*args, **kwargs)
         except (IcvError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             if debug:
                 raise
