@@ -3,7 +3,8 @@
 Each sampler is a short function over a denoiser and a sigma schedule. The denoiser `model(x, i)` returns the
 denoised estimate x0 for the state `x` at schedule index `i` (it knows the backend, the guidance and the
 timestep of sigmas[i]; the sampler knows only sigmas). `x` lives in k-diffusion's variance-exploding form:
-x = x0 + sigma * noise, so sampling starts from `noise * sigmas[0]`.
+x = x0 + sigma * noise, so sampling starts from noise times the schedule's `init_sigma` (sigmas[0], or
+sqrt(sigmas[0]^2 + 1) where diffusers starts so: schedules.py).
 `noise(x)` draws standard normal noise shaped like x from the caller's generators, so a run is reproducible.
 """
 
@@ -72,10 +73,22 @@ def sample_dpmpp_2m(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, nois
     return x
 
 
-def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSampler, callback=None):
-    """Few-step / one-step mode for distilled models: jump to x0, re-noise to the next sigma, repeat.
+def lcm_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
+    """LCM's boundary-condition scalings (c_skip, c_out) per discrete timestep, as diffusers' LCMScheduler computes
+    them: the consistency function is c_skip * x_t + c_out * x0_pred (x_t in the UNet's VP form), so that it is the
+    identity at t = 0. Applied by the denoiser (guidance.GuidedDenoiser's `consistency`), not here."""
+    scaled = timesteps.double() * timestep_scaling
+    c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
+    c_out = scaled / (scaled**2 + sigma_data**2) ** 0.5
+    return c_skip.float(), c_out.float()
 
-    With one step this is a single model call at sigmas[0] (use "trailing" spacing so that t = 999).
+
+def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseSampler, callback=None):
+    """Latent Consistency Model multistep sampling (diffusers' LCMScheduler): jump to the consistency model's
+    estimate, re-noise it to the next sigma with fresh noise, repeat; no noise after the last step.
+
+    `model` must apply LCM's boundary condition (lcm_scalings). One step is one model call at sigmas[0]: use a
+    spacing that starts at t = 999 ("lcm", the default, or "trailing").
     """
     for i in range(len(sigmas) - 1):
         x = model(x, i)
@@ -86,11 +99,13 @@ def sample_lcm(model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, noise: No
     return x
 
 
-# name -> (function, default timestep spacing; None keeps the model's scheduler config)
+# name -> (function, default timestep spacing; None keeps the model's scheduler config). A `spacing` given to the
+# pipeline overrides the default; dpmpp_2m_trailing is dpmpp_2m with spacing "trailing", kept for existing scripts.
 SAMPLERS = {
     "euler_a": (sample_euler_ancestral, None),
     "euler": (sample_euler, None),
     "dpmpp_2m": (sample_dpmpp_2m, "karras"),
     "dpmpp_2m_trailing": (sample_dpmpp_2m, "trailing"),
-    "lcm": (sample_lcm, "trailing"),
+    "lcm": (sample_lcm, "lcm"),
 }
+CONSISTENCY_SAMPLERS = ("lcm",)  # their denoiser applies LCM's boundary condition (lcm_scalings)
