@@ -89,13 +89,15 @@ class InstructCVPipeline:
 
     def sample(self, text_emb, empty_emb, image_latents, steps, sampler, seed, guidance_scale, image_guidance_scale):
         """Guided sampling of K latents (one per instruction), each from its own seeded CPU generator, so a
-        batched call gives each instruction the result it would get alone (and diffusers' result for K = 1)."""
+        batched call gives each instruction the result it would get alone (and diffusers' result for K = 1).
+        `seed`: one for all rows or a list, one per row; `image_latents` [1 or K, 4, h, w]."""
         if sampler not in SAMPLERS:
             raise IcvError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
         sample_fn, spacing = SAMPLERS[sampler]
         schedule = make_schedule(self.scheduler_config, steps, spacing)
         k, (_, c, h, w) = text_emb.shape[0], image_latents.shape
-        generators = [torch.Generator("cpu").manual_seed(seed) for _ in range(k)]
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * k
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         device = self.backend.device
 
         def noise(x):
@@ -118,32 +120,68 @@ class InstructCVPipeline:
     def run_many(self, image, instructions: list[str], steps=None, sampler=None, seed: int = 0, guidance_scale=None,
                  image_guidance_scale=None, resolution=..., task=None) -> list[Result]:
         """Several instructions on one image: one image encoding, one UNet batch of 3K per step."""
+        return self.run_pairs([(image, text) for text in instructions], steps, sampler, seed, guidance_scale,
+                              image_guidance_scale, resolution, task)
+
+    def run_pairs(self, pairs, steps=None, sampler=None, seed=0, guidance_scale=None, image_guidance_scale=None,
+                  resolution=..., task=None) -> list[Result]:
+        """(image, instruction) pairs, such as a server's concurrent requests: the pairs whose images share a
+        working size run as one UNet batch of 3K per step, and each result is the one its pair gets alone with the
+        same seed. `seed` and `task`: one value for all pairs, or a list with one per pair. An image object that
+        appears in several pairs is read and encoded once. Results come back in the order of `pairs`."""
         d = self.defaults
         sampler = sampler or d["sampler"]
         steps = int(steps or d["steps"])
         resolution = d["resolution"] if resolution is ... else resolution
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
         image_guidance_scale = d["image_guidance_scale"] if image_guidance_scale is None else image_guidance_scale
-        if not instructions:
+        if not pairs:
             raise InstructionError("no instruction given")
-        timings = {}
+        seeds, tasks = _per_pair(seed, len(pairs), "seed"), _per_pair(task, len(pairs), "task")
         t0 = time.perf_counter()
 
         # 1. What is asked: task and category of each instruction.
-        routes = [route(text, task=task) for text in instructions]
-        # 2. The image at the model's working size.
-        original = imgs.load_image(image)
-        size = imgs.working_size(*original.shape[:2], resolution, self.backend.info.vae_scale_factor)
-        model_input = imgs.resize(original, size)
-        # 3. Conditioning: text embeddings and the image latent (posterior mode, unscaled).
-        text_emb, empty_emb = self.encode_instructions(list(instructions))
-        timings["text_ms"] = _ms(t0)
+        routes = [route(text, task=t) for (_, text), t in zip(pairs, tasks)]
+        # 2. Each distinct image once; pairs whose images share the model's working size share a batch.
+        originals = {}
+        for image, _ in pairs:
+            if id(image) not in originals:
+                originals[id(image)] = imgs.load_image(image)
+        batches = {}
+        for i, (image, _) in enumerate(pairs):
+            size = imgs.working_size(*originals[id(image)].shape[:2], resolution, self.backend.info.vae_scale_factor)
+            batches.setdefault(size, []).append(i)
+        settings = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale,
+                    "image_guidance_scale": image_guidance_scale, "resolution": resolution}
+        results = [None] * len(pairs)
+        for size, members in batches.items():
+            batch = self._run_batch(size, [originals[id(pairs[i][0])] for i in members], [pairs[i][1] for i in members],
+                                    [routes[i] for i in members], [seeds[i] for i in members], settings, t0)
+            for i, res in zip(members, batch):
+                results[i] = res
+        return results
+
+    def _run_batch(self, size, originals, instructions, routes, seeds, settings, t0) -> list[Result]:
+        """One UNet batch: K instructions on images (the same array object: encoded once) of one working size."""
+        steps, sampler = settings["steps"], settings["sampler"]
+        guidance_scale, image_guidance_scale = settings["guidance_scale"], settings["image_guidance_scale"]
+        timings = {}
         t1 = time.perf_counter()
-        image_latents = self.encode_image(model_input)
+        # 3. Conditioning: text embeddings and the image latents (posterior mode, unscaled).
+        text_emb, empty_emb = self.encode_instructions(list(instructions))
+        timings["text_ms"] = _ms(t1)
+        t1 = time.perf_counter()
+        latent_of = {}
+        for original in originals:
+            if id(original) not in latent_of:
+                latent_of[id(original)] = self.encode_image(imgs.resize(original, size))
+        # One row per instruction, or the one image's latent, which guidance_batch expands.
+        rows = [latent_of[id(original)] for original in originals]
+        image_latents = rows[0] if len(latent_of) == 1 else torch.cat(rows)
         timings["image_encode_ms"] = _ms(t1)
         # 4. Guided sampling in latent space.
         t1 = time.perf_counter()
-        latents = self.sample(text_emb, empty_emb, image_latents, steps, sampler, seed, guidance_scale, image_guidance_scale)
+        latents = self.sample(text_emb, empty_emb, image_latents, steps, sampler, seeds, guidance_scale, image_guidance_scale)
         timings["sampling_ms"] = _ms(t1)
         # 5. The painted answer v(y), then 6. the task's answer at the input size.
         t1 = time.perf_counter()
@@ -151,13 +189,13 @@ class InstructCVPipeline:
         timings["decode_ms"] = _ms(t1)
         t1 = time.perf_counter()
         results = []
-        for text, r, visual in zip(instructions, routes, visuals):
+        for text, r, visual, original, seed in zip(instructions, routes, visuals, originals, seeds):
             answer = decode(r.task, visual, r, original.shape[:2])
-            settings = {"steps": steps, "sampler": sampler, "seed": seed, "guidance_scale": guidance_scale,
-                        "image_guidance_scale": image_guidance_scale, "resolution": resolution, "engine": self.backend.name,
-                        "vae": getattr(self.backend, "vae_kind", "full")}
+            record = {"steps": steps, "sampler": sampler, "seed": seed, "guidance_scale": guidance_scale,
+                      "image_guidance_scale": image_guidance_scale, "resolution": settings["resolution"],
+                      "engine": self.backend.name, "vae": getattr(self.backend, "vae_kind", "full")}
             colors = (r.color_if_present, r.color_if_absent) if r.task == "classification" else None
-            results.append(Result(text, r.task, r.category, original, visual, settings, colors=colors,
+            results.append(Result(text, r.task, r.category, original, visual, record, colors=colors,
                                   random_weights=self.random_weights, **answer))
         timings["postprocess_ms"] = _ms(t1)
         timings["total_ms"] = _ms(t0)
@@ -168,6 +206,15 @@ class InstructCVPipeline:
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+def _per_pair(value, n: int, name: str) -> list:
+    """One value for every pair, or a list of n values (one per pair)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise IcvError(f"{len(value)} {name} values for {n} pairs: give one value, or one per pair")
+        return list(value)
+    return [value] * n
 
 
 def load(model=None, engine: str = "torch", device: str = "cpu", dtype=None, vae: str | None = None,

@@ -90,12 +90,17 @@ class Result:
         return self.files
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
+def png_bytes(array: np.ndarray) -> bytes:
+    """An RGB (HxWx3) or grey (HxW, 8 or 16 bit) array as PNG file bytes."""
     import cv2
 
     if array.ndim == 3:
         array = array[..., ::-1]  # RGB -> BGR for OpenCV
     ok, data = cv2.imencode(".png", np.ascontiguousarray(array))
     if not ok:
-        raise OSError(f"could not encode {path}")
-    atomic.write_bytes(path, data.tobytes())
+        raise OSError(f"could not encode a {array.shape} {array.dtype} array as PNG")
+    return data.tobytes()
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    atomic.write_bytes(path, png_bytes(array))
