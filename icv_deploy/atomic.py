@@ -10,6 +10,7 @@ to the same path removes those of writers that died (SIGKILL, power loss) and le
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -49,10 +50,13 @@ def remove_stale_temps(final: str | Path) -> list[Path]:
     if not final.parent.is_dir():
         return removed
     host = socket.gethostname()
-    for path in final.parent.glob(f".{final.name}.{host}-*.tmp"):
+    for path in final.parent.glob(glob.escape(f".{final.name}.{host}-") + "*.tmp"):
         pid = path.name[len(f".{final.name}.{host}-"):].split(".", 1)[0]
         if pid.isdigit() and not _is_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 

@@ -11,7 +11,6 @@ Names the module does not know are left alone: diffusers renames some legacy key
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .errors import ModelFilesError
@@ -40,11 +39,12 @@ def expected_shapes(part_folder: Path) -> tuple[str, dict[str, tuple[int, ...]]]
     None when the config names no class we know how to build."""
     import torch
 
+    from .model_files import read_json  # model_files imports this module
+
     config_path = part_folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
-        return None  # the loaders report a missing or broken config themselves
+    if not config_path.exists():
+        return None  # a part without config.json is reported by the folder checks
+    config = read_json(config_path)  # empty, oversized or invalid: one line
     try:
         with torch.device("meta"):
             if "_class_name" in config:

@@ -220,6 +220,20 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
         if diff:
             raise IcvError(f"{out} holds results of a run with other settings ({', '.join(f'{k} {saved.get(k)!r}' for k in diff)}); "
                            f"use another --out, the same settings, or --restart")
+    # Bad input is refused before anything is written: the data sources are indexed and the model is opened first.
+    queries = collect_queries(list(data), tasks, limit, prompts, seed)
+    # Split all batches (not only the unfinished ones) so that every process gets the same share whatever the
+    # other processes have finished by the time it reads the part files; then drop what is done.
+    mine = batches(queries, batch)
+    if state is not None and world > 1:
+        with state.split_between_processes(mine) as share:
+            mine = list(share)
+    done = {} if restart else read_records(out)
+    todo = [b for b in ([q for q in group if q.key not in done] for group in mine) if b]
+    if device is None:
+        device = str(state.device) if state is not None else ("cuda" if _cuda() else "cpu")
+    pipe = icv_deploy.load(model, engine=engine, device=device, vae=vae) if todo else None
+
     barrier()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -230,23 +244,15 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
         write_json(run_file, settings)
     barrier()
 
-    queries = collect_queries(list(data), tasks, limit, prompts, seed)
-    # Split all batches (not only the unfinished ones) so that every process gets the same share whatever the
-    # other processes have finished by the time it reads the part files; then drop what is done.
-    mine = batches(queries, batch)
-    if state is not None and world > 1:
-        with state.split_between_processes(mine) as share:
-            mine = list(share)
-    done = read_records(out)
-    todo = [b for b in ([q for q in group if q.key not in done] for group in mine) if b]
-    if device is None:
-        device = str(state.device) if state is not None else ("cuda" if _cuda() else "cpu")
-
     if todo:
-        pipe = icv_deploy.load(model, engine=engine, device=device, vae=vae)
         pipe.progress = False
         log = PredictionLog(out, rank)
-        pictures = {t: len(list((out / "examples" / t).glob("*.png"))) for t in TASKS}
+        # The first `examples` queries of each task (in this process's share) get a picture, whichever run does
+        # them: a resumed run saves the same pictures as an uninterrupted one.
+        pictured = set()
+        if is_main:
+            for task in TASKS:
+                pictured.update([q.key for group in mine for q in group if q.task == task][:examples])
         kwargs = dict(steps=steps, sampler=sampler, seed=seed, **({} if resolution is None else {"resolution": resolution}))
         total = sum(len(b) for b in todo)
         desc = "eval" if world == 1 else f"eval (rank 0 of {world})"
@@ -260,11 +266,10 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
                     results = [pipe(ex.image, q.instruction, task=q.task, **kwargs) for q, ex in zip(group, loaded)]
                 seconds = (time.perf_counter() - t0) / len(group)
                 for q, ex, res in zip(group, loaded, results):
+                    if q.key in pictured:  # before the record: a query on record has its picture
+                        save_example_picture(out / "examples" / q.task, q, ex, res)
                     log.append({**score(q, ex, res), "seconds": round(seconds, 4),
                                 "random_weights": bool(getattr(pipe, "random_weights", False))})
-                    if is_main and pictures[q.task] < examples:
-                        save_example_picture(out / "examples" / q.task, q, ex, res)
-                        pictures[q.task] += 1
                 bar.update(len(group))
     barrier()
     if not is_main:
