@@ -23,6 +23,7 @@ from .result import Result
 from .sampling import SAMPLERS
 from .schedules import make_schedule
 from .tasks.decoders import decode
+from .tasks.painted import read_task
 from .tasks.routing import route
 
 log = logging.getLogger("icv_deploy")
@@ -190,13 +191,15 @@ class InstructCVPipeline:
         t1 = time.perf_counter()
         results = []
         for text, r, visual, original, seed in zip(instructions, routes, visuals, originals, seeds):
+            if r.undecided:  # the text left the task open: read it from what the model painted
+                r = r.decided(read_task(visual, imgs.resize(original, visual.shape[:2])))
             answer = decode(r.task, visual, r, original.shape[:2])
             record = {"steps": steps, "sampler": sampler, "seed": seed, "guidance_scale": guidance_scale,
                       "image_guidance_scale": image_guidance_scale, "resolution": settings["resolution"],
                       "engine": self.backend.name, "vae": getattr(self.backend, "vae_kind", "full")}
             colors = (r.color_if_present, r.color_if_absent) if r.task == "classification" else None
             results.append(Result(text, r.task, r.category, original, visual, record, colors=colors,
-                                  random_weights=self.random_weights, **answer))
+                                  decided_by=r.decided_by, random_weights=self.random_weights, **answer))
         timings["postprocess_ms"] = _ms(t1)
         timings["total_ms"] = _ms(t0)
         for res in results:

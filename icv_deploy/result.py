@@ -26,6 +26,7 @@ class Result:
     present: bool | None = None
     score: float | None = None
     colors: tuple[str, str] | None = None  # classification: (colour if present, colour if absent)
+    decided_by: str = "text"  # how the task was decided: "text", "forced" (task=) or "painted" (read from visual)
     random_weights: bool = False  # the model was built from configs with random weights: the answer means nothing
     files: dict = field(default_factory=dict)  # name -> path, filled by save()
 
@@ -33,7 +34,7 @@ class Result:
         """A JSON-ready summary: small answers inline, large arrays as summaries (and paths once saved)."""
         h, w = self.image.shape[:2]
         out = {
-            "instruction": self.instruction, "task": self.task, "category": self.category,
+            "instruction": self.instruction, "task": self.task, "decided_by": self.decided_by, "category": self.category,
             "image_size": [w, h], "model_size": [self.visual.shape[1], self.visual.shape[0]], **self.settings,
             "random_weights": bool(self.random_weights),
         }

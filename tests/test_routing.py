@@ -38,7 +38,7 @@ OWN = [
     ("Which pixels belong to the sheep?", "segmentation", "sheep"),
     ("Show the regions covered by grass", "segmentation", "grass"),
     ("Isolate the bottle from the background", "segmentation", "bottle"),
-    ("Outline the sofa in the picture", "segmentation", "sofa"),
+    ("Outline the sofa in the picture", None, "sofa"),  # boxes or a mask: the painting decides
     ("Cut out the cat", "segmentation", "cat"),
     ("Segment the hills in the distance", "segmentation", "hills in the distance"),
     ("Segment the man with the hat", "segmentation", "man with the hat"),
@@ -103,7 +103,7 @@ CLASSIFICATION = [
 
 @pytest.mark.parametrize("instruction,task,category", PAPER + OWN)
 def test_routes(instruction, task, category):
-    assert route(instruction) == Route(task, category)
+    assert route(instruction) == Route(task, category, decided_by="text" if task else None)
 
 
 @pytest.mark.parametrize("instruction,category,present,absent", CLASSIFICATION)
@@ -171,16 +171,31 @@ def test_or_in_condition_is_not_an_else():
 ])
 def test_forced_task(instruction, task, category):
     found = route(instruction, task=task)
-    assert (found.task, found.category) == (task, category)
+    assert (found.task, found.category, found.decided_by) == (task, category, "forced")
     if task == "classification":
         assert found.color_if_present and found.color_if_absent
 
 
 def test_forced_classification_keeps_named_colours_and_defaults_otherwise():
     assert route("Show red if there is a cat, otherwise green", task="classification").color_if_absent == "green"
-    assert route("cat", task="classification") == Route("classification", "cat", "blue", "black")
+    assert route("cat", task="classification") == Route("classification", "cat", "blue", "black", "forced")
 
 
 def test_unknown_forced_task():
     with pytest.raises(InstructionError, match="unknown task"):
         route("Segment the cat", task="caption")
+
+
+def test_undecided_route_is_decided_by_the_painting():
+    found = route("Show me the cat")
+    assert found.undecided and found.decided_by is None and found.category == "cat"
+    assert found.decided("detection") == Route("detection", "cat", decided_by="painted")
+    assert found.decided("classification") == Route("classification", "cat", "blue", "black", "painted")
+    assert not route("Segment the cat").undecided
+
+
+def test_classification_category_is_never_leftover_words():
+    found = route("Paint it yellow if there is a toaster, and purple if not")
+    assert (found.category, found.color_if_present, found.color_if_absent) == ("toaster", "yellow", "purple")
+    with pytest.raises(InstructionError, match="does not say what to look for"):
+        route("Show red if it contains nothing, otherwise green")

@@ -1,29 +1,48 @@
-"""Instruction routing: which task an instruction asks for and which category it names (DESIGN.md 6).
+"""Instruction routing: which task an instruction asks for and which category it names (docs/DESIGN.md 6).
 
-InstructCV was trained on fixed templates ("Segment the %category%") and on LLM paraphrases of them
-("Highlight the image parts corresponding to the cat.", "Can you help me detect the dog?"). Routing is a
-table of regular expressions per task, tried in order: the first rule that matches decides the task, and
-its named group `cat` is the category. Classification rules also capture the two colour names.
+InstructCV was trained on fixed templates ("Segment the %category%") and on paraphrases of them; people
+write requests ("Could you please box the red car?"), questions ("Where are the traffic lights?", "How far
+is the wall?") and conditions ("Paint it yellow if there is a toaster, and purple if not"). `route` reads
+an instruction in four steps:
 
-Categories keep the user's words and case ("Detect Berkeley's Sather Tower" -> "Berkeley's Sather Tower");
-leading articles and quantifiers are dropped ("the cat" -> "cat", "all trees" -> "trees": plural nouns stay
-plural, nothing is singularised), as are trailing phrases about the picture ("in this image") or the method
-("using a computer vision algorithm"). Depth has no category unless a place or object is named
-("Create a depth map for Stata Center" -> "Stata Center").
+1. English? Other languages are refused with a message saying so (`language.py`); `task=` still forces one.
+2. Classification has a sentence shape, not a keyword: two answer colours and a condition, in any order
+   ("show C1 if X, otherwise C2", "C1 if X, and C2 if not", "if X, C1; else C2", "Is there X? If yes C1, if
+   no C2", "C1 for yes and C2 for no"). The category comes from the condition ("there is a toaster").
+3. Otherwise each task has trigger words (`_RULES`), in tiers: words that name the task (segment, mask,
+   detect, bounding box, locate, depth, how far) beat segmentation verbs (highlight, paint, the pixels of),
+   which beat weak verbs (find, where, spot, closest), which beat words any task could mean (show, mark,
+   outline, "is there"). Within a tier the earliest trigger wins. The category is the first phrase after a
+   trigger of the chosen task (or, failing that, of any task) that is a real category (`_clean_category`,
+   `_is_category`): never a pronoun, never leftover words ("if", "otherwise", the task's own trigger).
+4. Nothing but words any task could mean, or a bare noun phrase ("the red balls")? The task stays open
+   (`task=None`, `decided_by=None`): the pipeline reads it from what the model paints (`painted.py`).
 
-An instruction that fits no task is an `InstructionError` listing examples, never a guess; `task=` forces
-the task and the category is then extracted as best we can.
+Categories keep the user's words and case ("Detect Berkeley's Sather Tower" -> "Berkeley's Sather Tower"),
+attributes and plurals included ("all traffic lights" -> "traffic lights", "the small green cube" -> "small
+green cube"); leading articles, quantifiers and trailing phrases about the picture or the method ("in this
+image", "using a computer vision algorithm", "and draw a box around it") are dropped. Depth has no category
+unless a place or object is named ("How far is the wall?" -> "wall").
+
+A segmentation or detection instruction with no category, or text that fits no task and is no noun phrase,
+is an `InstructionError`, never a guess.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import InstructionError
-from .encodings import COLORS, TASKS
+from .classification_phrases import COLOUR_WORDS, parse_classification
+from .encodings import TASKS
+from .language import foreign_language
 
-# The default colours when classification is forced on an instruction that names none (the paper's example).
+# Only the start of an over-long instruction is read: the model's text encoder sees about this much (77 CLIP
+# tokens), and it bounds the regular expressions' work on adversarial text.
+MAX_ROUTED_CHARS = 400
+# The default colours when classification is forced, or read from the painting, for an instruction that
+# names none (the paper's example).
 DEFAULT_COLORS = ("blue", "black")
 
 EXAMPLES: dict[str, list[str]] = {
@@ -38,105 +57,255 @@ EXAMPLES: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Route:
-    """What an instruction asks for. Colours are set for classification only."""
+    """What an instruction asks for. Colours are set for classification only. `task` is None while it is
+    undecided (the text leaves it open); `decided_by` says how it was decided: "text", "forced" (task=) or
+    "painted" (read from the model's painting, see `decided`)."""
 
-    task: str
+    task: str | None
     category: str | None
     color_if_present: str | None = None
     color_if_absent: str | None = None
+    decided_by: str | None = "text"
+
+    @property
+    def undecided(self) -> bool:
+        return self.task is None
+
+    def decided(self, task: str) -> Route:
+        """This route with the task read from the painting (classification gets the default colours)."""
+        colors = (self.color_if_present, self.color_if_absent)
+        if task != "classification":
+            colors = (None, None)
+        elif None in colors:
+            colors = DEFAULT_COLORS
+        return replace(self, task=task, color_if_present=colors[0], color_if_absent=colors[1], decided_by="painted")
 
 
-# --- building blocks of the patterns ----------------------------------------------------------------------
-_CAT = r"(?P<cat>.+)"
-# Words for "the picture" (a depth "of this image" names no place, and "in the photo" is not the category).
-_PICTURE = r"(?:image|picture|photo|photograph|pic|snapshot|scene|frame|shot|view|input)"
+# --- trigger words per task -------------------------------------------------------------------------------
+_PICTURE = r"(?:image|picture|photo|photograph|pic|snapshot|scene|frame|shot|view|input|img)"
+# Verbs that are also nouns or other words ("colour", "mark", "box") only trigger at the start of a clause.
+_CLAUSE = "(?:^|" + "|".join(rf"(?<={w} )" for w in (
+    r"[.;:!?,]", r"\band", r"\bthen", r"\byou", r"\bto", r"\bme", r"\bus", r"\bjust", r"\balso", r"\bplease")) + ")"
+_OBJ = r"(?:\s*[:-]?\s+(?P<cat>.+))?"  # the category, where there is one ("Detection: kites")
+_FILL = (r"(?:\s+(?:out|of|for|on|over|around|covering|that|which|contains?|containing|corresponds?\s+to|"
+         r"corresponding\s+to|belongs?\s+to|belonging\s+to|showing|shows?|covers?|includes?|with|masks?|maps?)\b)*")
+EXPLICIT, SEGMENTATION_VERB, WEAK, ANY_TASK = range(4)  # tiers, strongest first
+SEG, DET, DEPTH = "segmentation", "detection", "depth"
+# "Where is the van parked?": the last word says where it is, it is not part of the category.
+_POSITION_VERBS = (r"hiding|parked|sitting|standing|lying|located|placed|kept|hanging|sleeping|playing|running|"
+                   r"flying|swimming|situated|positioned|stored|going|now")
+_REGION = r"(?P<kw>pixels?|regions?|areas?|parts?|portions?)"
+_REGION_OF = (r"(?:belong(?:s|ing)?\s+to|contain(?:s|ing)?|correspond(?:s|ing)?\s+to|covered\s+by|occupied\s+by|"
+              r"showing|show|of|with|depicting|(?:are|is)\s+part\s+of|make\s+up|form|cover)")
+_WEAK_DETECT = (r"(?P<kw>(?:find|spot|pinpoint|identify|discern|recogni[sz]e|notice|observe|ascertain|determine|"
+                r"confirm|acknowledge|discover|track|seek|circle)(?:s|ing|ting)?(?:\s+(?:down|out))?|"
+                r"(?:look|search|hunt)(?:s|ing)?\s+for|point(?:s|ing)?\s+out)")
+_ANY_VERB = (r"(?P<kw>show(?:\s+me)?|display|mark|outline|label|indicate|pick\s+out|point\s+(?:to|at)|reveal|trace|"
+             r"tag|visuali[sz]e|check\s+for|see|look\s+at)")
+# "I want the red car segmented": the category before a past participle.
+_WANT = r"\b(?:want|need|like|have|get)\s+(?P<cat>.+?)\s+"
+_FROM_CAMERA = r"(?:\s+(?:from|to)\s+(?:the\s+|this\s+)?(?:camera|viewer|lens|observer|photographer|me|us)\b.*)?$"
 
-# Classification: "show <colour1> if <condition>, otherwise show <colour2>" and its reorderings.
-_SHOW = (r"(?:show|display|paint|output|return|indicate|use|give|produce|draw|mark|render|generate|"
-         r"fill\s+(?:it\s+)?with|make\s+it|turn|color\s+it|colour\s+it|provide(?:\s+the\s+value\s+of)?)")
-_IF = r"(?:if|when|whenever|in\s+case(?:\s+of)?|provided\s+that|in\s+the\s+presence\s+of)"
-_ELSE = r"(?:otherwise|else|or\s+else|if\s+not|and\s+if\s+not)"  # not a bare "or": "a cat or a dog"
-
-
-def _color(name: str) -> str:
-    # A colour slot: "red", "the colour red", "a red block", "in red", "(paint) the image red", "(paint) it red".
-    return (rf"(?:(?:the\s+)?(?:image|picture|output|screen)\s+|it\s+)?"
-            rf"(?:the\s+colou?r\s+|colou?r\s+|an?\s+|in\s+)?(?P<{name}>[a-z]+)"
-            r"(?:\s+(?:colou?r|block|image|screen|square|patch|box))?")
-
-
-_C1, _C2 = _color("c1"), _color("c2")
-_THEN_ELSE = rf"\s*[,;.]?\s*(?:and\s+|but\s+)?{_ELSE}\b[\s,]*(?:{_SHOW}\s+)?{_C2}\b"
-
-# Rules: (task, pattern). Tried in this order; the first match wins. Order is by specificity: the
-# classification sentence shape first, then "depth", then detection's unambiguous words (box, detect),
-# then segmentation's words, then "distance / how far" (after segmentation: "Segment the hills in the
-# distance"), then the looser "find / locate / spot / where is" family of detection.
-_RULES: list[tuple[str, str]] = [
-    ("classification", rf"(?P<cond>(?:does|do|is|are)\s+.+?)\?\s*if\s+(?:yes|so)[\s,]*"
-                       rf"(?:{_SHOW}\s+)?{_C1}{_THEN_ELSE}"),
-    ("classification", rf"{_SHOW}\s+{_C1}\s+{_IF}\s+(?P<cond>.+?){_THEN_ELSE}"),
-    ("classification", rf"{_IF}\s+(?P<cond>.+?)\s*[,;]\s*(?:then\s+)?(?:{_SHOW}\s+)?{_C1}{_THEN_ELSE}"),
-    ("classification", rf"^{_C1}\s+{_IF}\s+(?P<cond>.+?){_THEN_ELSE}"),
-    ("depth", rf"\bdepth(?:\s+(?:map|image|estimation|estimate|values?))?\s+(?:for|of|at)\s+{_CAT}"),
-    ("depth", r"\b(?:depth|3d\s+(?:structure|layout|shape)|disparity|spatial\s+layout)\b"),
-    ("detection", rf"\b(?:bounding\s+box(?:es)?|box(?:es)?|rectangles?)\s+(?:around|for|on|over|enclosing)\s+"
-                  rf"{_CAT}"),
-    ("detection", rf"\bdetect(?:s|ed|ing|ion)?(?:\s+(?:of|for|on))?\s+{_CAT}"),
-    ("detection", rf"\b(?:box|enclose|bound)\s+{_CAT}"),
-    ("segmentation", rf"\bsegments?\s+(?:that\s+)?(?:contain(?:s|ing)?|correspond(?:s|ing)?\s+to|showing|of|"
-                     rf"with|for)\s+{_CAT}"),
-    ("segmentation", rf"\bsegment(?:ation)?(?:\s+(?:out|of|for|on))?\s+{_CAT}"),
-    ("segmentation", rf"\b(?:highlight|mask|masks|masking|outline|isolate|separate|cut\s+out|extract|divide|"
-                     rf"delineate|silhouette|colou?r\s+in|shade|paint)(?:\s+(?:out|of|for))?\s+{_CAT}"),
-    ("segmentation", rf"\b(?:pixels|regions?|areas?|parts?)\s+(?:that\s+)?(?:belong(?:s|ing)?\s+to|"
-                     rf"contain(?:s|ing)?|correspond(?:s|ing)?\s+to|covered\s+by|showing|of)\s+{_CAT}"),
-    ("depth", rf"\b(?:how\s+far\s+away\s+(?:is|are)|distance\s+(?:to|of))\s+{_CAT}"),
-    ("depth", r"\b(?:distances?|how\s+far|how\s+deep|near\s+(?:and|or)\s+far)\b"),
-    ("detection", rf"\b(?:locate|find|spot|pinpoint|identify|discern|recogni[sz]e|notice|observe|ascertain|"
-                  rf"determine|confirm|acknowledge|discover|track|point\s+out|search\s+for|look\s+for|"
-                  rf"where(?:'s|\s+is|\s+are)?)\s+{_CAT}"),
+# (task, tier, pattern, paints): `kw` is the trigger, `cat` the category; None as task: any task could be
+# meant. `paints`: the verb paints the category, so a colour after it is how, not what ("Paint the cat white").
+_RULES: list[tuple[str | None, int, str, bool]] = [
+    (SEG, EXPLICIT, rf"\b(?P<kw>segment(?:s|ed|ing|ation)?|masks?|masked|masking)\b{_FILL}{_OBJ}", False),
+    (SEG, EXPLICIT, rf"{_WANT}(?P<kw>segmented|masked)\b", False),
+    (DET, EXPLICIT, rf"{_WANT}(?P<kw>detected|boxed|locali[sz]ed|located)\b", False),
+    (DET, EXPLICIT, r"\b(?P<kw>(?:bounding\s+)?box(?:es)?|rectangles?|bbox(?:es)?)\s+(?:around|for|on|over|"
+                    r"enclosing|surrounding|to)\s+(?P<cat>.+)", False),
+    (DET, EXPLICIT, r"\b(?P<kw>(?:bounding\s+box(?:es)?|bbox(?:es)?))\s+of\s+(?P<cat>.+)", False),
+    (DET, EXPLICIT, r"\b(?P<kw>detect(?:s|ed|ing|ion|ions|or)?)\b(?:\s+(?:of|for|on|in)\b)*" + _OBJ, False),
+    (DET, EXPLICIT, rf"{_CLAUSE}(?P<kw>box|bbox|enclose|bound)\b(?!\s+(?:around|for|on|over|of|to)\b)\s+(?P<cat>.+)",
+     False),
+    (DET, EXPLICIT, r"\b(?P<kw>bounding\s+(?:box(?:es)?|rectangles?)|bbox(?:es)?|(?:draw|put|place|add)\s+"
+                    r"(?:an?\s+)?(?:box(?:es)?|rectangles?))\b", False),
+    (DET, EXPLICIT, r"\b(?P<kw>locali[sz](?:e|es|ed|ing|ation)|locat(?:e|es|ed|ing|ion|ions))\b(?:\s+(?:of|for)\b)*"
+                    + _OBJ, False),
+    (DEPTH, EXPLICIT, r"\b(?P<kw>depth)(?:\s+(?:map|image|estimation|estimate|values?|information|profile))?"
+                      r"\s+(?:for|of|at|to|in)\s+(?P<cat>.+)", False),
+    (DEPTH, EXPLICIT, r"\b(?P<kw>depth|disparity|3d\s+(?:structure|layout|shape|geometry|reconstruction)|"
+                      r"spatial\s+layout|range\s+map)\b", False),
+    (DEPTH, EXPLICIT, rf"\b(?P<kw>how\s+(?:far|close|distant|deep)(?:\s+away)?)\s+(?:is|are)\s+(?P<cat>.+?){_FROM_CAMERA}",
+     False),
+    (DEPTH, EXPLICIT, r"\b(?P<kw>how\s+(?:far|deep|close|distant))\b", False),
+    (DEPTH, EXPLICIT, r"\b(?<!in the )(?P<kw>distances?)\s+(?:from\s+(?:the\s+)?(?:camera|viewer|lens)\s+)?"
+                      r"(?:to|of)\s+(?P<cat>.+)", False),
+    (DEPTH, EXPLICIT, r"\b(?<!in the )(?P<kw>distances?|(?:near|close)\s+(?:and|or|vs\.?|versus)\s+far)\b", False),
+    (DEPTH, EXPLICIT, r"\b(?:which|what)\b.*\b(?P<kw>(?:are|is)\s+(?:near|close)\b.*\bfar)\b", False),
+    (SEG, SEGMENTATION_VERB, rf"\b(?P<kw>highlight(?:s|ed|ing)?|silhouettes?|isolate|separate|cut\s+out|extract|divide|"
+                             rf"delineate|colou?r\s+in|fill\s+in|shade\s+in|black\s+out)\b{_FILL}{_OBJ}", True),
+    (SEG, SEGMENTATION_VERB, rf"{_CLAUSE}(?P<kw>paint|colou?r|shade)\b(?:\s+(?:over|in)\b)?\s+(?P<cat>.+)", True),
+    (SEG, SEGMENTATION_VERB, rf"\b{_REGION}(?:\s+(?:of|in)\s+(?:the|this)\s+{_PICTURE})?\s+(?:that\s+|which\s+)?"
+                             rf"{_REGION_OF}\s+(?P<cat>.+)", False),
+    (DET, WEAK, rf"\b(?P<kw>where(?:\s+(?:exactly|precisely|actually))?(?:'s|\s+is|\s+are|\s+can\s+i\s+(?:find|see)))"
+                rf"\s+(?:exactly\s+|precisely\s+|actually\s+)?(?P<cat>.+?)(?:\s+(?:{_POSITION_VERBS}))?\s*(?:[?.!].*)?$",
+     False),
+    (DET, WEAK, r"\b(?P<kw>where)\s+(?P<cat>.+?)\s+(?:is|are|sits?|stands?|lies|can\s+be\s+(?:found|seen))\b", False),
+    (DET, WEAK, rf"\b{_WEAK_DETECT}\b{_OBJ}", False),
+    (DEPTH, WEAK, r"\b(?P<kw>closer|closest|nearer|nearest|farther|farthest|further\s+away|furthest)\b", False),
+    (None, ANY_TASK, rf"{_CLAUSE}{_ANY_VERB}\b\s+(?P<cat>.+)", True),
+    (None, ANY_TASK, r"^(?P<kw>(?:is|are)\s+there)\s+(?P<cat>.+)", False),
+    (None, ANY_TASK, rf"^(?P<kw>(?:does|do)\s+(?:the\s+|this\s+)?{_PICTURE}\s+(?:contain|have|show|include|depict|"
+                     rf"feature))\s+(?P<cat>.+)", False),
+    (None, ANY_TASK, rf"^(?P<kw>is|are)\s+(?P<cat>.+?)\s+(?:present|visible|there|shown|pictured|depicted|"
+                     rf"in\s+(?:the|this)\s+{_PICTURE})\b", False),
 ]
-_COMPILED = [(task, re.compile(pattern, re.IGNORECASE)) for task, pattern in _RULES]
+_COMPILED = [(task, tier, re.compile(pattern, re.IGNORECASE), paints) for task, tier, pattern, paints in _RULES]
 
-# Where in a classification condition the category sits ("the image contains a dog" -> "a dog").
-_CONDITION_RULES = [re.compile(p, re.IGNORECASE) for p in (
-    rf"(?:\b{_PICTURE}|^it|^this)\s+(?:contains?|has|have|shows?|includes?|depicts?|features?)\s+{_CAT}",
-    rf"\bthere(?:'s|\s+is|\s+are|\s+exists?|\s+exsits|\s+appears?\s+to\s+be)\s+{_CAT}",
-    rf"^(?:(?:does|do)\s+(?:the\s+|this\s+)?{_PICTURE}\s+|(?:you|we|i)\s+(?:can\s+)?)?"
-    rf"(?:contains?|has|have|shows?|includes?|see|spot|find)\s+{_CAT}",
-    rf"^(?:is|are)\s+there\s+{_CAT}",
-    r"^(?P<cat>.+?)\s+(?:is|are)\s+(?:present|visible|found|detected|there|shown|pictured|depicted|in\s+)",
-    r"^(?P<cat>.+?)\s+(?:exists?|appears?|shows\s+up)\b",
-)]
 
-# Cleaning a captured category.
-_CUT_AT_PUNCTUATION = re.compile(r"[.,;:!?\"](?:\s|$).*$|[?!\"].*$")
+@dataclass(frozen=True)
+class _Trigger:
+    task: str | None
+    tier: int
+    keyword: tuple[int, int]  # span of the trigger words
+    phrase: str | None  # the raw text after it (the category before cleaning)
+    phrase_start: int
+    paints: bool
+
+
+def _triggers(text: str) -> list[_Trigger]:
+    """Every rule's first match in `text`, in the order they decide: tier, then position, then rule order."""
+    found = []
+    for index, (task, tier, rule, paints) in enumerate(_COMPILED):
+        match = rule.search(text)
+        if match:
+            cat = match.groupdict().get("cat")
+            found.append((tier, match.start("kw"), index, _Trigger(task, tier, match.span("kw"), cat,
+                                                                     match.start("cat") if cat else -1, paints)))
+    return [trigger for *_, trigger in sorted(found, key=lambda item: item[:3])]
+
+
+# --- cleaning a category ----------------------------------------------------------------------------------
+# A sentence ends at punctuation, but not at the dot of "St. Louis Arch" or "Mt. Fuji".
+_CUT_AT_PUNCTUATION = re.compile(
+    r"(?:[,;:!?\"()]|(?<!\bSt)(?<!\bMt)(?<!\bDr)(?<!\bMr)(?<!\bMs)(?<!\bJr)(?<!\bMrs)\.)(?:\s|$).*$|[?!\"()].*$")
 _LEADING_WORDS = re.compile(
-    r"^(?:(?:the|a|an|all|every|each|any|some|both|this|that|these|those|my|your|its|their|of|"
-    r"any\s+and\s+all)\s+)+", re.IGNORECASE)
+    r"^(?:(?:the|a|an|all|every|each|any|some|both|this|that|these|those|my|your|its|their|of|me|us|out|for|"
+    r"only|just|(?:all|each|any|every\s+one|one|both)\s+of(?:\s+the)?|any\s+and\s+all|every\s+single|single|"
+    r"where)\s+)+",
+    re.IGNORECASE)
 _LEADING_PARTS = re.compile(
-    r"^(?:(?:the|all|every|each|any)\s+)*(?:(?:image|picture|photo)\s+)?(?:parts?|regions?|segments?|areas?|"
-    r"pixels?|portions?|location|position|presence|existence|whereabouts|outline|mask|shape|instances?)\s+"
-    r"(?:(?:that\s+)?(?:corresponds?|corresponding|belongs?|belonging)\s+to|containing|contains?|of|with|"
-    r"showing|for)\s+", re.IGNORECASE)
+    r"^(?:(?:the|all|every|each|any|whatever|whichever)\s+)*(?:(?:image|picture|photo)\s+)?"
+    r"(?:parts?|regions?|segments?|areas?|pixels?|portions?|location|position|presence|existence|whereabouts|"
+    r"outline|mask|shape|instances?|occurrences?|place|spot)\s+"
+    rf"(?:of\s+(?:the\s+|this\s+)?{_PICTURE}\s+(?:that\s+|which\s+)?(?:is|are)|"  # "part of the image is water"
+    r"(?:that\s+|which\s+)?(?:corresponds?|corresponding|belongs?|belonging)\s+to|containing|contains?|of|with|"
+    r"showing|for|(?:that\s+is\s+|which\s+is\s+)?(?:occupied|covered|taken\s+up)\s+by|where|"
+    r"(?:that\s+|which\s+)?(?:is|are))\s+",
+    re.IGNORECASE)
+_ACTION_VERBS = (r"draw|put|place|add|box|mark|show|highlight|paint|colou?r|give|return|outline|label|segment|detect|"
+                 r"tell|display|make|create|generate|produce|output|enclose|circle|fill|surround|frame|locate|find|"
+                 r"estimate|indicate|report|let|send|provide|write|print")
 _TRAILING = re.compile(
-    rf"\s+(?:(?:in|on|from|within|inside|of|across)\s+(?:(?:this|the|that|my|given|attached|provided|input)\s+)?"
-    rf"{_PICTURE}s?\b|using\b|via\b|with\s+(?:the\s+help\s+of|an?\s+(?:computer|algorithm|model))|"
-    r"by\s+\w+ing\b|through\b|based\s+on\b|to\s+(?:gain|create|determine|calculate|improve|measure|make)\b|"
-    r"so\s+that\b|if\s+you\b|if\s+(?:any|possible|present|visible)\b|for\s+me\b|please\b|"
-    r"that\s+is\b|which\s+is\b|from\s+the\s+background\b|and\s+(?:show|draw|mark|highlight|paint|give|return)\b|"
-    r"(?:is|are)\s+(?:present|visible|there)\b|(?:is|are)$).*$",
+    r"\s+(?:"
+    rf"(?:in|on|from|within|inside|of|across)\s+(?:(?:this|the|that|my|given|attached|provided|input|following|"
+    rf"uploaded|current|whole|entire)\s+)*{_PICTURE}s?\b|"  # about the picture
+    r"using\b|via\b|with\s+(?:the\s+help\s+of|an?\s+(?:computer|algorithm|model))|by\s+\w+ing\b|through\b|"
+    r"based\s+on\b|to\s+(?:gain|create|determine|calculate|improve|measure|make|see|know|show)\b|"  # the method
+    r"so\s+that\b|so\s+(?:i|we)\b|because\b|if\s+you\b|if\s+(?:any|possible|present|visible|there|it|they|one)\b|"
+    r"for\s+me\b|please\b|thanks?\b|thank\s+you\b|that\s+is\b|which\s+is\b|who\s+is\b|that's\b|wherever\b|"
+    r"anywhere\b|somewhere\b|(?:that\s+)?you\s+(?:can\s+|could\s+)?(?:see|find|spot)\b|"  # asides
+    rf"(?:and|then|,)\s+(?:then\s+|also\s+|please\s+)?(?:{_ACTION_VERBS})\b|"  # a second verb: "and box it"
+    r"(?:with|in|inside|using)\s+(?:an?\s+|its\s+|their\s+)?(?:bounding\s+)?(?:box(?:es)?|rectangles?|masks?|"
+    r"outlines?)\b|from\s+(?:the\s+)?(?:rest|background|surroundings|everything\s+else)\b|"
+    r"(?:is|are)\s+(?:present|visible|there|located|shown|situated)\b|(?:is|are)$"
+    r").*$",
     re.IGNORECASE)
 _POSSESSIVE_NOUN = re.compile(
     r"'s?\s+(?:whereabouts|location|position|presence|existence|outline|mask|pixels|regions?|area|silhouette|"
-    r"boundary|boundaries|shape)$", re.IGNORECASE)
-_GREETING = re.compile(
-    r"^(?:(?:hi|hello|hey|dear)\b[^,.!:]*[,.!:]\s*)?(?:(?:please|kindly)\s+)?"
-    r"(?:(?:can|could|would|will)\s+you\s+(?:please\s+)?(?:help\s+me\s+)?)?", re.IGNORECASE)
-_STARTS_WITH_PICTURE = re.compile(rf"^{_PICTURE}s?\b", re.IGNORECASE)
-_GENERIC = {"", "it", "this", "that", "image", "picture", "photo", "photograph", "pic", "snapshot", "scene",
-            "frame", "shot", "view", "input", "everything", "objects", "things", "stuff", "items", "me"}
+    r"boundary|boundaries|shape|bounding\s+box|box|depth|distance)$", re.IGNORECASE)
+# After a painting verb a colour says how to paint, not what: "Paint the cat white", "Highlight the car in red".
+_PAINT_COLOUR = re.compile(rf"(?<=\w)\s+(?:(?:in|with|using)\s+)?(?:the\s+colou?r\s+)?(?:{COLOUR_WORDS})\b"
+                           rf"(?:\s+colou?r)?(?:\s+(?:and|while|but)\b.*)?$", re.IGNORECASE)
+# Never a category: pronouns, the picture itself, vague words; leftover words from a sentence shape.
+_GENERIC = {"", "it", "its", "them", "they", "him", "her", "one", "ones", "this", "that", "these", "those",
+            "something", "anything", "everything", "nothing", "image", "picture", "photo", "photograph", "pic",
+            "snapshot", "scene", "frame", "shot", "view", "input", "img", "objects", "object", "things", "thing",
+            "stuff", "items", "item", "me", "here", "there", "pixel", "pixels", "each pixel", "every pixel", "all",
+            "camera", "result", "output", "location", "position", "whereabouts"}
+_LEFTOVER = re.compile(r"\b(?:if|otherwise|else|unless|whether)\b|"
+                       r"^(?:it|them|they|there|is|are|and|or|but|then|from|with|by|to|into|onto|in|on|at|about|around)\b",
+                       re.IGNORECASE)
+
+
+def _clean_category(text: str | None, paints: bool = False) -> str | None:
+    """Strip what is not the category: trailing clauses, leading articles and 'the image parts of'."""
+    if text is None:
+        return None
+    cat = _CUT_AT_PUNCTUATION.sub("", text.strip())
+    for _ in range(4):  # the pieces can nest: "all the pixels of the cats in this image"
+        before = cat
+        cat = _LEADING_PARTS.sub("", cat).strip()
+        cat = _TRAILING.sub("", cat).strip()
+        cat = _LEADING_WORDS.sub("", cat).strip()
+        cat = _POSSESSIVE_NOUN.sub("", cat).strip()
+        if paints:
+            cat = _PAINT_COLOUR.sub("", cat).strip()
+        if cat == before:
+            break
+    cat = cat.strip(" '\"`-")
+    return cat if _is_category(cat) else None
+
+
+def _is_category(cat: str | None) -> bool:
+    return bool(cat) and cat.lower() not in _GENERIC and not _LEFTOVER.search(cat)
+
+
+def _category(triggers: list[_Trigger], used: tuple[int, int], text: str) -> str | None:
+    """The first real category after these triggers that does not reach into the deciding trigger `used`."""
+    for trigger in triggers:
+        cat = _clean_category(trigger.phrase, trigger.paints)
+        if cat is None:
+            continue
+        start = text.find(cat, max(trigger.phrase_start, 0))
+        if start < used[1] and start + len(cat) > used[0]:
+            continue  # "Find the umbrella and draw a box around it": not "umbrella and draw a box around it"
+        return cat
+    return None
+
+
+_PRONOUN = re.compile(r"^(?:it|them|him|her|this|that|these|those|this\s+one|that\s+one)\b", re.IGNORECASE)
+_ASKING_TAIL = re.compile(r"[\s,:;.!?\u2014-]*(?:(?:can|could|would|will)\s+you|please|now|and)?\s*$", re.IGNORECASE)
+
+
+def _named_before(text: str, trigger: _Trigger) -> str | None:
+    """"Golden Gate Bridge: segment it": a pronoun after the trigger points back to a phrase before it."""
+    if not trigger.phrase or not _PRONOUN.match(trigger.phrase):
+        return None
+    before = text[:trigger.keyword[0]]
+    if not re.search(r"[,:;.!?\u2014-]", before):
+        return None  # "Find it and box it": nothing named
+    return _clean_category(_ASKING_TAIL.sub("", before))
+
+
+# --- politeness, bare noun phrases, other languages -------------------------------------------------------
+_POLITENESS = re.compile(
+    r"^(?:(?:hi|hello|hey|dear|greetings)\b[^,.!:]*[,.!:]\s*|(?:please|kindly|pls|now|just|also|ok(?:ay)?,?)\s+|"
+    r"(?:can|could|would|will)\s+you\s+(?:please\s+|kindly\s+)?(?:help\s+me\s+(?:to\s+)?|try\s+to\s+)?|"
+    r"would\s+you\s+mind\s+|i\s+(?:would|'d)\s+like\s+(?:you\s+)?to\s+|i\s+(?:want|need)\s+(?:you\s+)?to\s+|"
+    r"help\s+me\s+(?:to\s+)?|i\s+need\s+(?:some\s+|your\s+)?(?:help|assistance)\s+(?:in|with|to)?\s*|"
+    r"let'?s\s+|go\s+ahead\s+and\s+|try\s+to\s+)+",
+    re.IGNORECASE)
+# A bare noun phrase ("the red balls") names a category; any of these words makes it a sentence instead.
+_NOT_A_NOUN_PHRASE = set(
+    "what why who whom whose which when how is are was were be am do does did will would can could should shall "
+    "i you we he she it they me my your our tell write describe make explain translate generate create draw "
+    "convert turn remove add change replace give compose summarize summarise caption count name list read sing "
+    "play let help hello hi hey thanks thank yes no ok okay crop resize rotate flip blur sharpen enhance colorize "
+    "colourise upscale denoise edit apply open close save run go stop".split())
+
+
+def _noun_phrase(text: str) -> str | None:
+    words = re.findall(r"[^\W\d_][\w'-]*", text)
+    if not 1 <= len(words) <= 6 or any(w.lower() in _NOT_A_NOUN_PHRASE for w in words):
+        return None
+    return _clean_category(text)
+
+
+def _no_task_message(instruction: str) -> str:
+    examples = "; ".join(f'{task}: "{EXAMPLES[task][0]}"' for task in TASKS)
+    return f"no task fits the instruction {instruction!r}; try e.g. {examples} (or force one with --task / task=)"
 
 
 def _normalize(text: str) -> str:
@@ -146,95 +315,74 @@ def _normalize(text: str) -> str:
     return text.strip("\"'` ").strip()
 
 
-def _clean_category(text: str | None) -> str | None:
-    """Strip what is not the category: trailing clauses, leading articles and 'the image parts of'."""
-    if text is None:
-        return None
-    cat = _CUT_AT_PUNCTUATION.sub("", text.strip())
-    for _ in range(3):  # the pieces can nest: "all the pixels of the cats in this image"
-        before = cat
-        cat = _TRAILING.sub("", cat).strip()
-        cat = _LEADING_PARTS.sub("", cat).strip()
-        cat = _LEADING_WORDS.sub("", cat).strip()
-        cat = _POSSESSIVE_NOUN.sub("", cat).strip()
-        if cat == before:
-            break
-    cat = cat.strip(" '\"`-")
-    return None if cat.lower() in _GENERIC else cat
-
-
-def _category_from_condition(condition: str) -> str | None:
-    condition = condition.strip()
-    for rule in _CONDITION_RULES:
-        match = rule.search(condition)
-        if match:
-            return _clean_category(match.group("cat"))
-    return _clean_category(condition)
-
-
-def _checked_color(name: str) -> str:
-    name = name.lower()
-    if name not in COLORS:
-        raise InstructionError(f"unknown colour {name!r} in the instruction; known colours: {', '.join(COLORS)}")
-    return name
-
-
-def _route_from_match(task: str, match: re.Match) -> Route:
-    if task == "classification":
-        present, absent = _checked_color(match.group("c1")), _checked_color(match.group("c2"))
-        if COLORS[present] == COLORS[absent]:
-            raise InstructionError(f"the two colours of a classification instruction must differ "
-                                   f"(got {present!r} and {absent!r})")
-        return Route(task, _category_from_condition(match.group("cond")), present, absent)
-    category = _clean_category(match.groupdict().get("cat"))
-    if task == "depth" and category and _STARTS_WITH_PICTURE.match(category):
-        category = None  # "the depth of the image based on its texture" names no place
-    return Route(task, category)
-
-
-def _no_task_message(instruction: str) -> str:
-    examples = "; ".join(f'{task}: "{EXAMPLES[task][0]}"' for task in TASKS)
-    return f"no task fits the instruction {instruction!r}; try e.g. {examples} (or force one with --task / task=)"
-
-
+# --- the router ------------------------------------------------------------------------------------------
 def route(instruction: str, task: str | None = None) -> Route:
     """Find the task and category an instruction asks for; `task=` forces the task.
 
-    Raises InstructionError for an empty instruction, one that fits no task (the message lists examples),
-    an unknown colour name, or a segmentation/detection instruction that names nothing to find.
+    Returns a Route with `task=None` when only the painting can tell (see the module docstring). Raises
+    InstructionError for an empty or non-English instruction, one that fits no task (the message lists
+    examples), an unknown colour name, or a segmentation/detection instruction that names nothing to find.
     """
     if task is not None and task not in TASKS:
         raise InstructionError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if instruction is None or not str(instruction).strip():
         raise InstructionError("the instruction is empty; say what to do, e.g. \"Segment the cat\"")
-    text = _normalize(str(instruction))
+    text = _normalize(str(instruction))[:MAX_ROUTED_CHARS]
+    core = _POLITENESS.sub("", text) or text
+    if task is not None:
+        return _forced_route(core, task)
+    language = foreign_language(text)
+    if language:
+        raise InstructionError(f"the instruction {text!r} looks like {language}; the model understands English "
+                               f"instructions (e.g. \"{EXAMPLES['segmentation'][0]}\"); --task / task= forces a task")
 
-    matches = [(rule_task, m) for rule_task, rule in _COMPILED if (m := rule.search(text))]
-    if task is None:
-        if not matches:
-            raise InstructionError(_no_task_message(text))
-        found = _route_from_match(*matches[0])
-        verb = {"segmentation": "segment", "detection": "detect"}.get(found.task)
-        if verb and found.category is None:
+    classification = parse_classification(core)
+    if classification is not None:
+        category, present, absent = classification
+        if category is None or not _is_category(category):
+            raise InstructionError(f"the instruction {text!r} does not say what to look for; "
+                                   f"e.g. \"{EXAMPLES['classification'][0]}\"")
+        return Route("classification", category, present, absent)
+
+    triggers = _triggers(core)
+    decisive = [t for t in triggers if t.task is not None]
+    if decisive:
+        chosen = decisive[0]
+        own = [t for t in triggers if t.task == chosen.task]
+        category = (_category(own, chosen.keyword, core) or _category(triggers, chosen.keyword, core)
+                    or _named_before(core, chosen))
+        if category is None and chosen.task != "depth":
+            verb = {"segmentation": "segment", "detection": "detect"}[chosen.task]
             raise InstructionError(f"the instruction {text!r} does not say what to {verb}; "
-                                   f"e.g. \"{EXAMPLES[found.task][0]}\"")
-        return found
-    return _forced_route(text, task, matches)
+                                   f"e.g. \"{EXAMPLES[chosen.task][0]}\"")
+        if chosen.task == "depth" and category and re.match(rf"{_PICTURE}s?\b", category, re.IGNORECASE):
+            category = None  # "the depth of the image based on its texture" names no place
+        return Route(chosen.task, category)
+
+    # Only words any task could mean ("Show me the cat", "Is there a dog?") or a bare noun phrase.
+    category = _category(triggers, (0, 0), core) if triggers else _noun_phrase(core)
+    if category is None:
+        raise InstructionError(_no_task_message(text))
+    return Route(None, category, decided_by=None)
 
 
-def _forced_route(text: str, task: str, matches: list[tuple[str, re.Match]]) -> Route:
-    """The task is given: use that task's own rule if one matches, else borrow the category another rule
-    found, else take the instruction itself (minus greetings and articles) as the category."""
-    same_task = [m for rule_task, m in matches if rule_task == task]
-    if same_task:
-        return _route_from_match(task, same_task[0])
-    if matches:
-        other_task, match = matches[0]
-        groups = match.groupdict()
-        category = (_category_from_condition(groups["cond"]) if other_task == "classification"
-                    else _clean_category(groups.get("cat")))
+def _forced_route(core: str, task: str) -> Route:
+    """The task is given: take the category the text names (any task's phrasing), else the text itself
+    (minus greetings and articles); an instruction in another language names no category we can read."""
+    colors = DEFAULT_COLORS
+    try:
+        classification = parse_classification(core)
+    except InstructionError:
+        classification = None
+    if classification is not None:
+        category, *named = classification
+        colors = tuple(named)
     else:
-        category = _clean_category(_GREETING.sub("", text))
+        triggers = _triggers(core)
+        same = [t for t in triggers if t.task == task]
+        category = _category(same, (0, 0), core) or _category(triggers, (0, 0), core)
+        if category is None and not triggers and not foreign_language(core):
+            category = _clean_category(core)  # "cat" with task="segmentation"
     if task == "classification":
-        return Route(task, category, *DEFAULT_COLORS)
-    return Route(task, category)
+        return Route(task, category, *colors, decided_by="forced")
+    return Route(task, category, decided_by="forced")
