@@ -144,6 +144,12 @@ def test_a_trained_model_is_not_marked(tiny_model, image_path, tmp_path):
     assert "random weights" not in result.stderr
 
 
+def test_the_mark_survives_onnx_export(onnx_taesd):
+    """The export carries icv_config.json, so an ONNX folder of a random-weight model says so too."""
+    assert json.loads((onnx_taesd / "icv_config.json").read_text())["random_weights"] is True
+    assert icv_deploy.load(str(onnx_taesd), engine="onnx").random_weights is True
+
+
 # ---- icv-eval and latency.py: the same default -----------------------------------------------------------------
 def test_icv_eval_defaults_to_demo(assets, tmp_path, monkeypatch):
     from icv_deploy.errors import IcvError

@@ -23,6 +23,7 @@ CONFIDENT_SCORE = 0.5
 # Depth colour map: perceptually uniform, dark (near) to bright (far).
 DEPTH_COLORMAP = "magma"
 NO_BOXES_CAPTION = "no boxes found"
+MASK_COLOR = (30, 90, 255)  # segmentation overlay: a blue no synthetic object has (a red tint vanishes on a red ball)
 FRAME_COLOR = (150, 150, 150)  # thin frame around grid tiles: white targets stay visible on the white page
 TILE_HEIGHT = 256  # grids enlarge small tiles (128 px model outputs) to at least this height, so text and pixels read
 
@@ -77,7 +78,7 @@ def _font_scale(height: int, width: int) -> float:
     return max(0.35, min(height, width) / 500)
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5) -> np.ndarray:
+def overlay_mask(image: np.ndarray, mask: np.ndarray, color=MASK_COLOR, alpha: float = 0.5) -> np.ndarray:
     """Blend `color` into the pixels where `mask` is true; the others are unchanged."""
     out = _rgb(image).copy()
     mask = np.asarray(mask, dtype=bool)
@@ -207,4 +208,4 @@ def labelled_grid(rows: list[list[np.ndarray]], column_labels: list[str] | None 
         if r < len(captions):
             page.paste(Image.fromarray(captions[r]), (gap, y + tile_height))
         y += heights[r] + gap
-    return np.asarray(page)
+    return np.array(page)  # writable, unlike a view of the PIL image
