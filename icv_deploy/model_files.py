@@ -133,11 +133,6 @@ def model_config(folder: Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def has_random_weights(folder: Path) -> bool:
-    """True for models built from configs with random weights (icv_deploy.testing marks them): answers mean nothing."""
-    return bool(model_config(folder).get("random_weights", False))
-
-
 def check_safetensors(part_folder: Path) -> None:
     """Weights load from safetensors only: pickles are never unpickled (docs/DESIGN.md 10)."""
     if not list(part_folder.glob("*.safetensors")):
