@@ -338,8 +338,9 @@ def _task_list(ctx, param, value):
 @click.option("--seed", default=0, show_default=True, help="Sampling seed (the same for every query) and prompt colours.")
 @click.option("--resolution", type=click.IntRange(16), default=None, help="Working resolution (default: the model's, 256).")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Queries of the same image and task run together.")
-@click.option("--prompts", type=click.Choice(["fixed", "rephrased"]), default="fixed", show_default=True,
-              help="fixed templates, or paraphrases from the pool (the paper's Table 1 used rephrased).")
+@click.option("--prompts", type=click.Choice(["fixed", "rephrased", "unseen"]), default="fixed", show_default=True,
+              help="fixed templates, paraphrases from the training pool (the paper's Table 1 used rephrased), or "
+                   "unseen: instructions never used in training (training/prompts/unseen.json).")
 @click.option("--examples", type=click.IntRange(0), default=4, show_default=True, help="Example pictures saved per task.")
 @click.option("--vae", type=click.Choice(["full", "tiny"]), default=None,
               help="Autoencoder: full (the model's SD VAE) or tiny (TAESD from <model>/vae_tiny, or an ONNX folder exported "

@@ -141,7 +141,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         from .latent_cache import load_or_build_cache
 
         with accelerator.main_process_first():
-            cache = load_or_build_cache(output / "latent-cache", vae, rows, cfg.resolution,
+            cache = load_or_build_cache(output / "latent-cache", vae, rows, cfg.resolution, cfg.random_flip,
+                                        None if weight_dtype == torch.float32 else weight_dtype,
                                         progress=accelerator.is_local_main_process)
     text_encoder.requires_grad_(cfg.train_text_encoder).to(accelerator.device)
     if weight_dtype != torch.float32:  # frozen modules run in the mixed-precision dtype, trained ones stay fp32

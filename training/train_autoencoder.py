@@ -2,6 +2,7 @@
 and paints (inputs and targets v(y) of an `icv-data build` folder).
 
     icv-train-vae --config demo-vae --data data/demo --output runs/demo-vae [--resume latest]
+    icv-train-vae --config demo-vae-decoder --data data/demo --output runs/demo-vae-decoder   # decoder only
 
 Stable Diffusion brings its own VAE; a model trained from scratch (the bundled demo model) needs one first, and
 it must reproduce what the decoders read: pure blue outlines one pixel wide, flat white masks, grey depth ramps
@@ -44,6 +45,10 @@ class AutoencoderConfig:
     data: str | None = None
     output: str = "runs/vae"
     architecture: dict = field(default_factory=dict)  # AutoencoderKL(**architecture)
+    # Second stage: start from a trained autoencoder folder and train only its decoder. The encoder, hence the
+    # latent space a UNet is trained in, stays exactly as it was (as Stable Diffusion's fine-tuned ft-MSE decoder).
+    init_from: str | None = None
+    train_part: str = "all"  # "all" or "decoder"
     crop: int = 64  # training crop size (pixels, a multiple of the scale factor)
     batch_size: int = 32
     max_steps: int = 2000
@@ -75,6 +80,8 @@ def load_autoencoder_config(name_or_path: str, overrides: dict | None = None) ->
     if unknown:
         raise IcvError(f"unknown autoencoder config key(s) {', '.join(unknown)} (known: {', '.join(known)})")
     cfg = AutoencoderConfig(**values)
+    if cfg.train_part not in ("all", "decoder") or (cfg.train_part == "decoder" and not cfg.init_from):
+        raise IcvError(f"train_part must be all, or decoder with init_from (a trained autoencoder), not {cfg.train_part!r}")
     if cfg.mixed_precision not in ("no", "bf16"):
         raise IcvError(f"autoencoder mixed_precision must be no or bf16, not {cfg.mixed_precision!r}")
     factor = 2 ** (len(cfg.architecture.get("block_out_channels", (0,))) - 1)
@@ -168,8 +175,16 @@ def train_autoencoder(cfg: AutoencoderConfig, resume: str | None = None) -> Path
         return output / "model"  # finished before: nothing to resume
     bank = PictureBank(open_dataset(cfg.data))
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKL(**cfg.architecture)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    if cfg.init_from:
+        vae = AutoencoderKL.from_pretrained(cfg.init_from, use_safetensors=True)
+    else:
+        vae = AutoencoderKL(**cfg.architecture)
+    trained = vae.parameters()
+    if cfg.train_part == "decoder":
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+        trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=cfg.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
                                                  * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     step = 0
@@ -206,8 +221,9 @@ def train_autoencoder(cfg: AutoencoderConfig, resume: str | None = None) -> Path
     progress.close()
 
     vae.eval()
-    scaling = 1.0 / latent_std(vae, bank, cfg.scaling_samples)
-    vae.register_to_config(scaling_factor=round(scaling, 5))
+    if cfg.train_part == "all":  # a decoder stage keeps the encoder, hence its scaling factor
+        vae.register_to_config(scaling_factor=round(1.0 / latent_std(vae, bank, cfg.scaling_samples), 5))
+    scaling = vae.config.scaling_factor
     with atomic_dir(output / "model") as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
     click.echo(f"autoencoder trained {step} steps (scaling factor {scaling:.5f}); model: {output / 'model'}", err=True)
