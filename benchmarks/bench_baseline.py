@@ -3,17 +3,21 @@ steps, guidance 7.5 (text) and 1.5 (image), on the same model folder, machine an
 
 Where 100 steps would take too long (a CPU: about a minute per call even at 256 px), the call is timed at two
 step counts and the time at 100 steps extrapolated with the line through the two medians,
-t(n) = fixed + n * per_step; the output says so (`baseline_extrapolated`).
+t(n) = fixed + n * per_step; the output says so (`baseline_extrapolated`). The step counts are timed in interleaved
+rounds (2 4 2 4 ...), so a burst of load cannot tilt the line, and a line that does not rise with the steps
+(per_step <= 0, or a negative fixed part: noise, not a time) is measured again, `attempts` times in all, and then
+refused (`baseline_ms` None, `refused` says why): never extrapolated into a negative or meaningless time.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_stages import Timing, synchronizer, time_call
+from bench_stages import interleaved_rounds, synchronizer
 
 PAPER_STEPS = 100
 PAPER_GUIDANCE = 7.5
@@ -31,6 +35,39 @@ def linear_extrapolation(points: dict[int, float], target: int = PAPER_STEPS) ->
     per_step = (t2 - t1) / (n2 - n1)
     fixed = t1 - n1 * per_step
     return fixed + target * per_step, fixed, per_step
+
+
+def rises_with_steps(fixed: float, per_step: float) -> bool:
+    """A line a time can be read from: each step costs something, and the fixed part is not negative."""
+    return per_step > 0 and fixed >= 0
+
+
+def measure_baseline(call, step_counts: tuple[int, ...], repeats: int, sync=lambda: None, warmup: int = 1,
+                     attempts: int = 3, clock=time.perf_counter) -> dict:
+    """Time `call(steps)` at each step count in interleaved rounds; the paper's 100 steps measured or extrapolated.
+
+    An extrapolation whose line does not rise with the steps is measured again with fresh rounds, up to `attempts`
+    times in all; if none rises, the baseline is refused (baseline_ms None) rather than printed as nonsense."""
+    counts = sorted(set(step_counts))
+    for _ in range(warmup):
+        call(counts[0])
+    rejected = []
+    for _ in range(attempts):
+        timings, _ = interleaved_rounds({n: (lambda n=n: call(n)) for n in counts}, repeats, sync, clock)
+        medians = {n: timings[n].median for n in counts}
+        result = {"timed_steps": {str(n): t.summary() for n, t in timings.items()}, "rejected_attempts": rejected,
+                  "refused": None, "fixed_ms": None, "per_step_ms": None}
+        if PAPER_STEPS in medians:
+            return {**result, "baseline_ms": medians[PAPER_STEPS], "baseline_extrapolated": False}
+        at_100, fixed, per_step = linear_extrapolation({n: medians[n] for n in counts[-2:]})
+        if rises_with_steps(fixed, per_step):
+            return {**result, "baseline_ms": at_100, "baseline_extrapolated": True, "fixed_ms": fixed, "per_step_ms": per_step}
+        rejected.append({str(n): round(m, 3) for n, m in medians.items()})
+    last = ", ".join(f"{n} steps {m:.1f} ms" for n, m in medians.items())
+    return {**result, "baseline_ms": None, "baseline_extrapolated": True,
+            "refused": f"the baseline's time does not rise with the steps in {attempts} attempts (last medians: {last}): "
+                       "the machine is too busy for a line through them; no time at 100 steps is given (rerun on a quieter "
+                       "machine, with more --repeats or --baseline-steps further apart)"}
 
 
 def load_diffusers_pipeline(model_dir: Path, device, dtype: torch.dtype):
@@ -59,23 +96,14 @@ def time_baseline(model_dir: Path, image: np.ndarray, instruction: str, device, 
                     image_guidance_scale=PAPER_IMAGE_GUIDANCE, generator=torch.Generator("cpu").manual_seed(seed),
                     output_type="np")
 
-    timings: dict[int, Timing] = {}
     with PeakMemory(device) as memory:
-        for i, steps in enumerate(step_counts):  # one warm-up call in all: the pipeline is warm after it
-            timings[steps], _ = time_call(lambda: call(steps), repeats, warmup if i == 0 else 0, sync)
-    medians = {n: t.median for n, t in timings.items()}
-    if PAPER_STEPS in medians:
-        baseline_ms, extrapolated, fixed, per_step = medians[PAPER_STEPS], False, None, None
-    else:
-        baseline_ms, fixed, per_step = linear_extrapolation({n: medians[n] for n in sorted(medians)[-2:]})
-        extrapolated = True
+        measured = measure_baseline(call, tuple(step_counts), repeats, sync, warmup)
     del pipe
+    counts = ", ".join(measured["timed_steps"])
     return {
-        "baseline_ms": baseline_ms, "baseline_extrapolated": extrapolated,
+        **measured,
         "method": "diffusers StableDiffusionInstructPix2PixPipeline, EulerAncestralDiscreteScheduler, "
                   f"{PAPER_STEPS} steps, guidance {PAPER_GUIDANCE} / image guidance {PAPER_IMAGE_GUIDANCE}"
-                  + (f"; extrapolated linearly from {', '.join(map(str, sorted(medians)))} steps" if extrapolated else ""),
-        "fixed_ms": fixed, "per_step_ms": per_step,
-        "timed_steps": {str(n): t.summary() for n, t in timings.items()},
+                  + (f"; extrapolated linearly from {counts} steps" if measured["baseline_extrapolated"] else ""),
         "memory": memory.summary(),
     }

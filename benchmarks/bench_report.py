@@ -5,8 +5,10 @@ from __future__ import annotations
 import platform
 import subprocess
 
-from bench_baseline import PAPER_A100_MS
-from bench_stages import STAGES, outside_unet_fraction
+from bench_baseline import PAPER_A100_MS, PAPER_STEPS
+from bench_stages import STAGES, Timing, outside_unet_fraction, paired_ratio
+
+PAPER_SETTING = {"gpu": "A100", "steps": PAPER_STEPS, "sampler": "euler_a", "resolution": 256, "batch_instructions": 1}
 
 STAGE_LABELS = {
     "text": "tokenize + text encoder", "vae_encoder": "VAE encoder", "unet_step": "guided UNet step (batch 3K)",
@@ -78,6 +80,7 @@ def engine_entry(engine: str, measured: dict, steps: int, baseline_ms: float | N
     return {
         "engine": engine, "steps": steps, "unet_step_ms": round(medians["unet_step"], 2),
         "end_to_end_ms": round(e2e, 2),
+        # The baseline runs before the engines (a pipeline of its own), so this is a ratio of medians, not of pairs.
         "speedup_vs_baseline": round(baseline_ms / e2e, 2) if baseline_ms else None,
         "outside_unet_fraction": round(outside_unet_fraction(medians, steps), 4),
         "stages": {s: timings[s].summary() for s in STAGES},
@@ -86,14 +89,40 @@ def engine_entry(engine: str, measured: dict, steps: int, baseline_ms: float | N
     }
 
 
+def differences_from_paper(settings: dict, gpu: str) -> list[str]:
+    """What a run does differently from the paper's 5 s figure (A100, 100 Euler-ancestral steps, 256 px, one
+    instruction per call): a ratio to that figure means little without them."""
+    differs = []
+    if "A100" not in gpu:
+        differs.append(f"GPU {gpu} (paper: A100)")
+    if (settings["steps"], settings["sampler"]) != (PAPER_SETTING["steps"], PAPER_SETTING["sampler"]):
+        differs.append(f"{settings['steps']} {settings['sampler']} steps (paper: {PAPER_STEPS} euler_a)")
+    if settings["resolution"] != PAPER_SETTING["resolution"]:
+        differs.append(f"{settings['resolution']} px (paper: 256 px)")
+    if settings.get("batch_instructions", 1) != 1:
+        differs.append(f"{settings['batch_instructions']} instructions per call (paper: 1)")
+    return differs
+
+
+def _samples(entry: dict, stage: str) -> Timing:
+    return Timing(list(entry["stages"][stage]["samples_ms"]))
+
+
 def add_relative_figures(doc: dict) -> None:
-    """UNet-step speed-up of each engine over torch eager, and the ratio to the paper's 5 s on an A100 (GPU)."""
+    """Each engine against torch eager, as the median of per-round ratios (the engines ran in interleaved rounds),
+    and, on a GPU, the ratio to the paper's 5 s on an A100 with what differs from the paper's setting."""
     torch_entry = next((e for e in doc["engines"] if e["engine"] == "torch"), None)
+    gpu = doc["machine"].get("gpu")
     for e in doc["engines"]:
         if torch_entry:
-            e["unet_step_speedup_vs_torch"] = round(torch_entry["unet_step_ms"] / e["unet_step_ms"], 3)
-        if doc["machine"].get("gpu"):
+            unet = paired_ratio(_samples(torch_entry, "unet_step"), _samples(e, "unet_step"))
+            call = paired_ratio(_samples(torch_entry, "end_to_end"), _samples(e, "end_to_end"))
+            e["unet_step_speedup_vs_torch"] = unet["median"] if unet else None
+            e["end_to_end_speedup_vs_torch"] = call["median"] if call else None
+            e["vs_torch_paired"] = {"unet_step": unet, "end_to_end": call}
+        if gpu:
             e["speedup_vs_paper_a100_5s"] = round(PAPER_A100_MS / e["end_to_end_ms"], 1)
+            e["paper_a100_differs"] = differences_from_paper(doc["settings"], gpu)
 
 
 def print_table(doc: dict, console=None) -> None:
@@ -111,23 +140,33 @@ def print_table(doc: dict, console=None) -> None:
         cells = [f"{e['stages'][stage]['median_ms']:.1f} ± {e['stages'][stage]['spread_ms']:.1f}" for e in doc["engines"]]
         table.add_row(STAGE_LABELS[stage], *cells)
     table.add_row("outside the UNet (share of call)", *[f"{100 * e['outside_unet_fraction']:.1f} %" for e in doc["engines"]])
-    if any("unet_step_speedup_vs_torch" in e for e in doc["engines"]):
-        table.add_row("UNet step speed-up vs torch", *[f"{e.get('unet_step_speedup_vs_torch', float('nan')):.2f}x" for e in doc["engines"]])
+    if any(e.get("unet_step_speedup_vs_torch") for e in doc["engines"]):
+        for key, label in (("unet_step", "UNet step"), ("end_to_end", "end to end")):
+            table.add_row(f"{label} speed-up vs torch (median of paired rounds)",
+                          *[f"{e.get(key + '_speedup_vs_torch') or float('nan'):.2f}x" for e in doc["engines"]])
     table.add_row("peak RSS (MB)", *[f"{e['memory']['peak_rss_mb']:.0f}" for e in doc["engines"]])
     if any("cuda_peak_allocated_mb" in e["memory"] for e in doc["engines"]):
         table.add_row("peak CUDA allocated (MB)", *[f"{e['memory'].get('cuda_peak_allocated_mb', 0):.0f}" for e in doc["engines"]])
     if doc.get("baseline_ms"):
-        table.add_row("speed-up vs baseline", *[f"{e['speedup_vs_baseline']:.1f}x" for e in doc["engines"]])
+        table.add_row("speed-up vs baseline (ratio of medians)", *[f"{e['speedup_vs_baseline']:.1f}x" for e in doc["engines"]])
     console.print(table)
+    if len(doc["engines"]) > 1:
+        console.print(f"engines timed in {s['repeats']} interleaved rounds ({' '.join(e['engine'] for e in doc['engines'])}, "
+                      "again and again): a speed-up vs torch is the median of the per-round ratios", soft_wrap=True)
+    b = doc.get("baseline") or {}
     if doc.get("baseline_ms"):
-        b = doc["baseline"]
         how = "EXTRAPOLATED linearly from " + ", ".join(b["timed_steps"]) + " steps" if doc["baseline_extrapolated"] else "measured"
         console.print(f"baseline (paper setting, {b['method'].split(';')[0]}): {doc['baseline_ms'] / 1000:.2f} s per call ({how})")
+    elif b.get("refused"):
+        console.print(f"baseline REFUSED: {b['refused']}", soft_wrap=True)
     gpu = doc["machine"].get("gpu")
     if gpu:
         for e in doc["engines"]:
+            differs = e["paper_a100_differs"]
             console.print(f"{e['engine']}: {e['end_to_end_ms']:.1f} ms on {gpu} = {e['speedup_vs_paper_a100_5s']}x faster "
-                          f"than the paper's 5 s on an A100")
+                          f"than the paper's 5 s on an A100; "
+                          + (f"not like for like: {'; '.join(differs)}" if differs else "same GPU model and setting"),
+                          soft_wrap=True)
 
 
 def write_plot(doc: dict, path) -> None:

@@ -1,7 +1,6 @@
 """Where the time of one InstructCV call goes: per-stage timings of a loaded pipeline, and peak memory.
 
-Stages (each timed `repeats` times after one warm-up call, reported as median and spread; the end-to-end
-calls come last, when everything is warm, and have no warm-up of their own):
+Stages (each timed `repeats` times after one warm-up call, reported as median and spread):
     text            tokenize + text encoder for the K instructions (the empty-prompt embedding is cached by the
                     pipeline after its first call, as in a warm service)
     vae_encoder     the image latent (once per image, whatever K)
@@ -12,6 +11,12 @@ calls come last, when everything is warm, and have no warm-up of their own):
     vae_decoder     latents -> v(y) image
     postprocess     v(y) -> the task's answer (from the pipeline's own `timings_ms`)
     end_to_end      the whole `run_many` call, as a user sees it
+
+The two stages engines are compared on, unet_step and end_to_end, are timed in rounds (`interleaved_rounds`): with
+several engines loaded, each round runs every engine once in turn (A B A B ...), so a burst of load on a shared
+machine lands on both sides of a comparison, and `paired_ratio` compares engines round by round (the median of
+the per-round ratios), which one disturbed round cannot move. `prepare_pipeline` times the other stages and warms
+an engine up; `measure_pipeline` is both steps for one engine.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,6 +58,31 @@ def synchronizer(device) -> callable:
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
+
+
+def interleaved_rounds(calls: dict, repeats: int, sync=lambda: None, clock=time.perf_counter) -> tuple[dict, dict]:
+    """Time every call of `calls` once per round, in their order, for `repeats` rounds (A B A B ...).
+
+    Returns ({key: Timing}, {key: the call's last result}). Warm the calls up before: rounds have no warm-up."""
+    timings, results = {key: Timing() for key in calls}, {}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            sync()
+            t0 = clock()
+            results[key] = fn()
+            sync()
+            timings[key].samples_ms.append((clock() - t0) * 1000)
+    return timings, results
+
+
+def paired_ratio(numerator: Timing, denominator: Timing) -> dict | None:
+    """numerator / denominator round by round (samples from the same `interleaved_rounds`): the median of the
+    per-round ratios, and their range. None when there is nothing to pair."""
+    pairs = [a / b for a, b in zip(numerator.samples_ms, denominator.samples_ms) if b > 0]
+    if not pairs or len(numerator.samples_ms) != len(denominator.samples_ms):
+        return None
+    return {"median": round(statistics.median(pairs), 3), "min": round(min(pairs), 3), "max": round(max(pairs), 3),
+            "pairs": len(pairs)}
 
 
 def time_call(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> tuple[Timing, object]:
@@ -132,9 +163,24 @@ def stub_predict_noise(backend):
         del backend.predict_noise
 
 
-def measure_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: int, sampler: str, repeats: int,
-                     task: str | None = None, resolution: int = 256, seed: int = 0, warmup: int = 1) -> dict:
-    """Per-stage timings of `pipe` (an InstructCVPipeline) for K = len(instructions) instructions on one image."""
+@dataclass
+class Prepared:
+    """One engine after `prepare_pipeline`: its small stages timed, and the two calls the rounds time."""
+
+    timings: dict  # text, vae_encoder, sampler, vae_decoder
+    memory: dict
+    latent_shape: list
+    unet_step: Callable
+    end_to_end: Callable  # also appends each call's postprocessing time to `postprocess`
+    sync: Callable
+    postprocess: Timing = field(default_factory=Timing)
+
+
+def prepare_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: int, sampler: str, repeats: int,
+                     task: str | None = None, resolution: int = 256, seed: int = 0, warmup: int = 1) -> Prepared:
+    """Time the stages other than unet_step and end_to_end for `pipe` (an InstructCVPipeline) and K =
+    len(instructions) instructions on one image, and warm up the two calls that `interleaved_rounds` times.
+    Peak memory covers all of it, one end-to-end call included."""
     from icv_deploy import images as imgs
     from icv_deploy.guidance import GuidedDenoiser, guidance_batch
     from icv_deploy.sampling import SAMPLERS
@@ -158,28 +204,42 @@ def measure_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: in
         denoiser = GuidedDenoiser(backend.predict_noise, schedule, text_batch, image_batch, gs, igs)
         k, (_, c, h, w) = len(instructions), image_latents.shape
         x = torch.randn((k, c, h, w), generator=torch.Generator().manual_seed(seed)).to(backend.device) * schedule.sigmas[0]
-        timings["unet_step"], _ = time_call(lambda: denoiser(x, 0), repeats, warmup, sync)
+        for _ in range(warmup):
+            denoiser(x, 0)
 
         with stub_predict_noise(backend):
             timings["sampler"], latents = time_call(
                 lambda: pipe.sample(text_emb, empty_emb, image_latents, steps, sampler, seed, gs, igs), repeats, warmup, sync)
         timings["vae_decoder"], _ = time_call(lambda: pipe.decode_latents(latents), repeats, warmup, sync)
 
-        def call():
-            return pipe.run_many(image, list(instructions), steps=steps, sampler=sampler, seed=seed, guidance_scale=gs,
-                                 image_guidance_scale=igs, resolution=resolution, task=task)
+        postprocess = Timing()
 
-        # Every network has run by now (warm), so the end-to-end calls need no warm-up of their own.
-        end_to_end, results = Timing(), []
-        for _ in range(repeats):
-            sync()
-            t0 = time.perf_counter()
-            results = call()
-            sync()
-            end_to_end.samples_ms.append((time.perf_counter() - t0) * 1000)
-            timings.setdefault("postprocess", Timing()).samples_ms.append(results[0].settings["timings_ms"]["postprocess_ms"])
-        timings["end_to_end"] = end_to_end
-    return {"timings": timings, "memory": memory.summary(), "results": results, "latent_shape": [k, c, h, w]}
+        def call():
+            results = pipe.run_many(image, list(instructions), steps=steps, sampler=sampler, seed=seed, guidance_scale=gs,
+                                    image_guidance_scale=igs, resolution=resolution, task=task)
+            postprocess.samples_ms.append(results[0].settings["timings_ms"]["postprocess_ms"])
+            return results
+
+        call()  # every network has run by now; this one is for the memory peak of a whole call
+        sync()
+        postprocess.samples_ms.clear()
+    return Prepared(timings, memory.summary(), [k, c, h, w], lambda: denoiser(x, 0), call, sync, postprocess)
+
+
+def finish(prepared: Prepared, unet_step: Timing, end_to_end: Timing, results: list) -> dict:
+    """An engine's measurements: its prepared stages plus its rounds (postprocessing from the pipeline's own timings)."""
+    timings = {**prepared.timings, "unet_step": unet_step, "postprocess": prepared.postprocess, "end_to_end": end_to_end}
+    return {"timings": {s: timings[s] for s in STAGES}, "memory": prepared.memory, "results": results,
+            "latent_shape": prepared.latent_shape}
+
+
+def measure_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: int, sampler: str, repeats: int,
+                     task: str | None = None, resolution: int = 256, seed: int = 0, warmup: int = 1) -> dict:
+    """Per-stage timings of one engine: `prepare_pipeline`, then `repeats` rounds of its UNet step and whole call."""
+    prepared = prepare_pipeline(pipe, image, instructions, steps, sampler, repeats, task, resolution, seed, warmup)
+    timings, results = interleaved_rounds({"unet_step": prepared.unet_step, "end_to_end": prepared.end_to_end},
+                                          repeats, prepared.sync)
+    return finish(prepared, timings["unet_step"], timings["end_to_end"], results["end_to_end"])
 
 
 def outside_unet_fraction(medians: dict[str, float], steps: int) -> float:

@@ -7,7 +7,11 @@ For each engine: median and spread of each stage (tokenize + text encoder, VAE e
 batch 3K, sampler overhead, VAE decoder, postprocessing), end to end, and peak memory; as a table, a JSON
 document and a bar plot. The baseline is diffusers' StableDiffusionInstructPix2PixPipeline with the paper's
 settings (100 Euler-ancestral steps, guidance 7.5 / 1.5) on the same model, machine and precision, timed in the
-same run; on a CPU it is timed at two step counts and extrapolated to 100 (the output says so).
+same run; on a CPU it is timed at two step counts and extrapolated to 100 (the output says so; a line that does not
+rise with the steps is measured again, then refused, never printed as a negative time). All engines stay loaded and
+their UNet steps and whole calls are timed in interleaved rounds (A B A B ...); speed-ups between engines are the
+median of the per-round ratios. On a GPU each engine is also set against the paper's 5 s on an A100, with the
+differences (GPU, steps, resolution) printed beside the ratio.
 
 Engines: torch (eager, SDPA attention), torch-fast (channels-last, and on CUDA the guided UNet step replayed
 from a CUDA graph; --compile adds torch.compile), onnx (the runtime's OnnxBackend as it opens a folder),
@@ -44,7 +48,7 @@ from bench_baseline import time_baseline  # noqa: E402
 from bench_openvino import OPENVINO_ENGINES, int8_folder, open_openvino, resolve_names  # noqa: E402
 from bench_report import (add_relative_figures, engine_entry, load_average, machine_description, print_table,  # noqa: E402
                           write_plot)
-from bench_stages import measure_pipeline  # noqa: E402
+from bench_stages import finish, interleaved_rounds, prepare_pipeline, synchronizer  # noqa: E402
 
 from icv_deploy.cli_common import debug_option, one_line_errors  # noqa: E402
 from icv_deploy.errors import IcvError  # noqa: E402
@@ -108,6 +112,18 @@ def _exported_from_other(onnx_dir: Path, model_dir: Path) -> bool:
     from icv_deploy.model_files import read_json
 
     return read_json(onnx_dir / MANIFEST_NAME).get("source_hash") != source_hash(model_dir)
+
+
+def parse_baseline_steps(text: str) -> list[int]:
+    """--baseline-steps: 100 itself, or two or more step counts to draw the line to 100 through."""
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise IcvError(f"--baseline-steps {text!r}: give whole step counts separated by commas, e.g. 2,4 or 100") from None
+    if not counts or counts[0] < 1 or (100 not in counts and len(counts) < 2):
+        raise IcvError(f"--baseline-steps {text!r}: give 100, or at least two different step counts of 1 or more "
+                       "(the time at 100 steps is read from the line through them)")
+    return counts
 
 
 def model_resolution(model_dir: Path) -> int:
@@ -204,7 +220,7 @@ def main(model, engines, onnx_model, trt_model, openvino_model, device, dtype, r
     torch_dtype = parse_dtype(dtype, torch.device(device))
     dtype_name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[torch_dtype]
     steps = steps or (10 if on_cuda else 4)
-    counts = [int(s) for s in baseline_steps.split(",")] if baseline_steps else ([100] if on_cuda else [2, 4])
+    counts = parse_baseline_steps(baseline_steps) if baseline_steps else ([100] if on_cuda else [2, 4])
 
     model = model or default_model()
     model_dir = sd15_random(cache_dir, vae) if model == "sd15-random" else resolve_model(model)
@@ -233,23 +249,34 @@ def main(model, engines, onnx_model, trt_model, openvino_model, device, dtype, r
     if baseline:
         click.echo(f"baseline: diffusers, paper settings, timed at {counts} steps", err=True)
         doc["baseline"] = time_baseline(model_dir, image, instructions[0], device, torch_dtype, tuple(counts), repeats)
-        doc["baseline_ms"] = round(doc["baseline"]["baseline_ms"], 1)
+        if doc["baseline"]["baseline_ms"] is not None:  # None: refused, the line through the timings did not rise
+            doc["baseline_ms"] = round(doc["baseline"]["baseline_ms"], 1)
         doc["baseline_extrapolated"] = doc["baseline"]["baseline_extrapolated"]
         gc.collect()
+    # All engines stay loaded, so that their UNet steps and whole calls can be timed in interleaved rounds
+    # (A B A B ...): a burst of load then lands on every engine alike, and speed-ups are per-round ratios.
+    prepared = {}
     for engine in names:
         click.echo(f"{engine}: loading", err=True)
         pipe, options = open_engine(engine, model_dir, onnx_dir, trt_model, device, torch_dtype, k, size, compile_unet, vae,
                                     int8_dir, cache_dir)
-        click.echo(f"{engine}: timing {repeats} repeats of each stage", err=True)
-        measured = measure_pipeline(pipe, image, instructions, steps, sampler, repeats, resolution=resolution)
+        click.echo(f"{engine}: timing {repeats} repeats of the smaller stages, warming up", err=True)
+        prepared[engine] = (pipe, options, prepare_pipeline(pipe, image, instructions, steps, sampler, repeats,
+                                                            resolution=resolution))
+    click.echo(f"{', '.join(names)}: {repeats} interleaved rounds of the UNet step and the whole call", err=True)
+    calls = {(engine, "unet_step"): prep.unet_step for engine, (_, _, prep) in prepared.items()}
+    calls.update({(engine, "end_to_end"): prep.end_to_end for engine, (_, _, prep) in prepared.items()})
+    rounds, last = interleaved_rounds(calls, repeats, synchronizer(device))
+    for engine, (pipe, options, prep) in prepared.items():
+        measured = finish(prep, rounds[engine, "unet_step"], rounds[engine, "end_to_end"], last[engine, "end_to_end"])
         graphed = getattr(pipe.backend, "graphed_unet", None)
         if graphed is not None:
             options["cuda_graphs_captured"], options["cuda_graph_failed_shapes"] = graphed.captures, len(graphed.eager_signatures)
         doc["engines"].append(engine_entry(engine, measured, steps, doc["baseline_ms"], options))
-        del pipe, measured
-        gc.collect()
-        if on_cuda:
-            torch.cuda.empty_cache()
+    del prepared, calls, last
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
     doc["machine"]["load_average_at_end"] = load_average()
     add_relative_figures(doc)
     print_table(doc)

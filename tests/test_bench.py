@@ -7,7 +7,7 @@ from and what the outputs contain.
 from __future__ import annotations
 
 import json
-import statistics
+import re
 import sys
 from pathlib import Path
 
@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from bench_baseline import linear_extrapolation  # noqa: E402
-from bench_stages import Timing, outside_unet_fraction, stub_predict_noise  # noqa: E402
+from bench_baseline import PAPER_STEPS, linear_extrapolation, measure_baseline  # noqa: E402
+from bench_stages import Timing, interleaved_rounds, outside_unet_fraction, paired_ratio, stub_predict_noise  # noqa: E402
 
 from icv_deploy.backends import ort_tuning  # noqa: E402
 
@@ -33,12 +33,115 @@ def test_linear_extrapolation_matches_a_least_squares_line():
         linear_extrapolation({4: 1.0})
 
 
-def test_timing_summary_and_outside_unet_share():
-    samples = [12.0, 10.0, 30.0, 11.0]
-    t = Timing(samples)
-    assert t.median == statistics.median(samples) and t.spread == (30.0 - 10.0) / 2
+def test_outside_unet_share():
+    # 8 ms outside the UNet against 4 steps of 10 ms: 8 / 48 of the call
     medians = {"text": 1.0, "vae_encoder": 2.0, "sampler": 0.5, "vae_decoder": 4.0, "postprocess": 0.5, "unet_step": 10.0}
     assert outside_unet_fraction(medians, 4) == pytest.approx(8.0 / 48.0)
+
+
+class LoadedClock:
+    """A fake clock for timing fakes: a call of cost c advances it by c times the machine's load at that moment."""
+
+    def __init__(self, load):
+        self.now, self.calls, self.load = 0.0, [], load
+
+    def __call__(self):
+        return self.now
+
+    def work(self, name, cost_ms):
+        def run():
+            self.calls.append(name)
+            self.now += cost_ms / 1000 * self.load(self.now, len(self.calls))
+            return name
+        return run
+
+
+def test_rounds_interleave_engines_so_drifting_load_cannot_favour_one():
+    """B is twice as fast as A. The load doubles over the run, and one call of A is hit by a burst: A and B still
+    alternate call by call, and the median of the per-round ratios is 2 within the drift inside one round."""
+    clock = LoadedClock(lambda now, n: (1 + now / 0.15) * (5 if n == 5 else 1))  # call 5 (A, third round): a burst
+    timings, last = interleaved_rounds({"A": clock.work("A", 10), "B": clock.work("B", 5)}, repeats=5, clock=clock)
+    assert clock.calls == ["A", "B"] * 5 and last == {"A": "A", "B": "B"}
+    ratio = paired_ratio(timings["A"], timings["B"])
+    assert ratio["pairs"] == 5 and ratio["median"] == pytest.approx(2.0, rel=0.1) and ratio["max"] > 4
+    # timed one engine after the other, the same load would have made B look slower than A
+    clock = LoadedClock(lambda now, n: 1 + now / 0.015)
+    a, _ = interleaved_rounds({"A": clock.work("A", 10)}, repeats=5, clock=clock)
+    b, _ = interleaved_rounds({"B": clock.work("B", 5)}, repeats=5, clock=clock)
+    assert a["A"].median / b["B"].median < 1
+    assert paired_ratio(Timing([1.0, 2.0]), Timing([1.0])) is None  # not from the same rounds: no pairs
+
+
+def test_a_baseline_line_that_does_not_rise_is_measured_again_then_refused():
+    def diffusers_call(per_attempt):
+        """The baseline's call: attempt i (a pair of step counts per round, 2 rounds) costs per_attempt[i](steps) ms."""
+        state = {"calls": 0}
+        clock = LoadedClock(lambda now, n: 1.0)
+
+        def call(steps):
+            attempt = max(0, state["calls"] - 1) // 4  # one warm-up call, then 2 rounds x 2 counts per attempt
+            state["calls"] += 1
+            clock.work(steps, per_attempt[min(attempt, len(per_attempt) - 1)](steps))()
+        return call, clock
+
+    falling, rising = (lambda n: 40 - 5 * n), (lambda n: 10 + 5 * n)
+    call, clock = diffusers_call([falling, rising])
+    result = measure_baseline(call, (2, 4), repeats=2, clock=clock)
+    points = np.polyfit([2, 4], [rising(2), rising(4)], 1)  # the second attempt's line
+    assert result["baseline_ms"] == pytest.approx(np.polyval(points, PAPER_STEPS)) and result["refused"] is None
+    assert result["per_step_ms"] == pytest.approx(5.0) and result["fixed_ms"] == pytest.approx(10.0)
+    assert result["rejected_attempts"] == [{"2": 30.0, "4": 20.0}]
+
+    negative_fixed = lambda n: -10 + 20 * n  # noqa: E731  rises, but a negative fixed part is noise, not a time
+    call, clock = diffusers_call([falling, negative_fixed, falling])
+    result = measure_baseline(call, (2, 4), repeats=2, clock=clock)
+    assert result["baseline_ms"] is None and result["per_step_ms"] is None and len(result["rejected_attempts"]) == 3
+    assert "does not rise with the steps in 3 attempts" in result["refused"] and "no time at 100 steps" in result["refused"]
+
+    call, clock = diffusers_call([rising])  # 100 steps timed: nothing to extrapolate, nothing to refuse
+    assert measure_baseline(call, (100,), repeats=2, clock=clock)["baseline_ms"] == pytest.approx(rising(100))
+
+
+def test_a_refused_baseline_prints_no_time_and_no_speed_up():
+    from rich.console import Console
+
+    from bench_report import print_table
+
+    stage = {"median_ms": 10.0, "spread_ms": 0.0, "samples_ms": [10.0]}
+    doc = {"settings": {"model": "m", "device": "cpu", "dtype": "fp32", "resolution": 32, "steps": 2, "sampler": "euler",
+                        "batch_instructions": 1, "repeats": 1},
+           "machine": {}, "baseline_ms": None, "baseline_extrapolated": True,
+           "baseline": {"baseline_ms": None, "refused": "the baseline's time does not rise with the steps"},
+           "engines": [{"engine": "torch", "stages": {s: stage for s in
+                                                     ("text", "vae_encoder", "unet_step", "sampler", "vae_decoder",
+                                                      "postprocess", "end_to_end")},
+                        "outside_unet_fraction": 0.5, "memory": {"peak_rss_mb": 1.0}, "speedup_vs_baseline": None}]}
+    console = Console(record=True, width=200)
+    print_table(doc, console)
+    text = console.export_text()
+    assert "baseline REFUSED: the baseline's time does not rise" in text and "speed-up vs baseline" not in text
+    assert not re.search(r"-\d", text)  # no negative figure anywhere
+
+
+def test_ratios_to_the_paper_say_what_differs():
+    from bench_report import differences_from_paper
+
+    paper = {"steps": 100, "sampler": "euler_a", "resolution": 256, "batch_instructions": 1}
+    assert differences_from_paper(paper, "NVIDIA A100-SXM4-80GB") == []
+    assert differences_from_paper({**paper, "steps": 10, "sampler": "dpmpp_2m", "resolution": 512, "batch_instructions": 4},
+                                  "NVIDIA H200") == ["GPU NVIDIA H200 (paper: A100)", "10 dpmpp_2m steps (paper: 100 euler_a)",
+                                                     "512 px (paper: 256 px)", "4 instructions per call (paper: 1)"]
+
+
+@pytest.mark.parametrize("steps", ["50", "2,x", "0,4", "4,4"])
+def test_latency_cli_refuses_baseline_steps_it_cannot_extrapolate_from(steps, tmp_path):
+    from click.testing import CliRunner
+
+    import latency
+
+    result = CliRunner().invoke(latency.main, ["--baseline-steps", steps, "--cache-dir", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 2 and result.output.startswith("error: --baseline-steps")
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def relu_graph(path: Path) -> Path:
@@ -164,26 +267,29 @@ def test_latency_cli_writes_json_table_and_plot(tiny_model, tiny_onnx, tmp_path)
 
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     args = ["--model", str(tiny_model), "--onnx-model", str(tiny_onnx), "--engine", "torch,onnx-tuned",
-            "--device", "cpu", "--resolution", "32", "--steps", "2", "--sampler", "euler_a", "--repeats", "1",
-            "--baseline-steps", "1,2", "--batch-instructions", "2", "--json", str(out), "--plot", str(plot)]
+            "--device", "cpu", "--resolution", "32", "--steps", "2", "--sampler", "euler_a", "--repeats", "2",
+            "--baseline-steps", "1,10", "--batch-instructions", "2", "--json", str(out), "--plot", str(plot)]
     result = CliRunner().invoke(latency.main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
-    assert doc["baseline_extrapolated"] is True
     b = doc["baseline"]
-    two = b["timed_steps"]["2"]["median_ms"]
-    one = b["timed_steps"]["1"]["median_ms"]
-    # the stored medians are rounded to 0.001 ms and the line through them multiplies that by up to 100
-    assert doc["baseline"]["baseline_ms"] == pytest.approx(one + 99 * (two - one), abs=0.2)
-    assert doc["baseline_ms"] == round(doc["baseline"]["baseline_ms"], 1)
+    assert doc["baseline_extrapolated"] is True and set(b["timed_steps"]) == {"1", "10"}
+    if b["refused"] is None:  # a very busy machine may refuse the line; then nothing may be printed as a time
+        assert b["per_step_ms"] > 0 and b["fixed_ms"] >= 0 and doc["baseline_ms"] > b["timed_steps"]["10"]["median_ms"]
+        assert "EXTRAPOLATED" in result.output
+    else:
+        assert doc["baseline_ms"] is None and "REFUSED" in result.output
     assert [e["engine"] for e in doc["engines"]] == ["torch", "onnx-tuned"]
+    torch_entry, onnx_entry = doc["engines"]
     for e in doc["engines"]:
-        assert e["steps"] == 2 and e["latent_shape"] == [2, 4, 16, 16]
-        assert e["unet_step_ms"] == pytest.approx(e["stages"]["unet_step"]["median_ms"], abs=0.01)
-        assert e["speedup_vs_baseline"] == pytest.approx(doc["baseline_ms"] / e["end_to_end_ms"], rel=0.01)
-        assert len(e["stages"]["end_to_end"]["samples_ms"]) == 1 and e["memory"]["peak_rss_mb"] > 0
+        assert e["steps"] == 2 and e["latent_shape"] == [2, 4, 16, 16] and e["memory"]["peak_rss_mb"] > 0
+        assert all(len(e["stages"][s]["samples_ms"]) == 2 for s in ("unet_step", "end_to_end", "postprocess"))
+    # paired rounds: torch against itself is exactly 1 in every round; onnx-tuned has a ratio for each of the 2 rounds
+    assert torch_entry["vs_torch_paired"]["unet_step"] == {"median": 1.0, "min": 1.0, "max": 1.0, "pairs": 2}
+    assert onnx_entry["vs_torch_paired"]["end_to_end"]["pairs"] == 2 and onnx_entry["end_to_end_speedup_vs_torch"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "end to end" in result.output and "EXTRAPOLATED" in result.output
+    assert "end to end" in result.output and "median of paired rounds" in result.output
+    assert "2 interleaved rounds (torch onnx-tuned" in result.output
 
 
 @pytest.mark.slow
@@ -249,12 +355,14 @@ def test_gpu_check_script_runs_every_phase_in_smoke_mode(taesd_model, tmp_path):
 
     latency["machine"]["gpu"] = "NVIDIA H100 80GB HBM3"
     add_relative_figures(latency)
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=400)
     print_table(latency, console)
     text = console.export_text()
     for e in latency["engines"]:
-        assert e["speedup_vs_paper_a100_5s"] == round(PAPER_A100_MS / e["end_to_end_ms"], 1)
+        assert e["speedup_vs_paper_a100_5s"] == pytest.approx(PAPER_A100_MS / e["end_to_end_ms"], abs=0.05)
         assert f"{e['engine']}: {e['end_to_end_ms']:.1f} ms on NVIDIA H100 80GB HBM3" in text
+        assert ("not like for like: GPU NVIDIA H100 80GB HBM3 (paper: A100); 2 dpmpp_2m steps (paper: 100 euler_a); "
+                "32 px (paper: 256 px)") in text
 
 
 def test_gpu_check_parity_fails_loudly_beyond_its_tolerance(tmp_path, monkeypatch):
