@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 
 from bench_baseline import PAPER_A100_MS, PAPER_STEPS
 from bench_stages import STAGES, Timing, outside_unet_fraction, paired_ratio
@@ -129,7 +130,8 @@ def print_table(doc: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # Piped into a file or a log, rich would wrap the table at 80 columns and split its row labels across lines.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=200))
     s = doc["settings"]
     table = Table(title=f"{s['model']} | {s['device']} {s['dtype']} | {s['resolution']} px | {s['steps']} {s['sampler']} steps"
                         f" | K={s['batch_instructions']} | {s['repeats']} repeats (median ± half-range, ms)")
@@ -138,7 +140,8 @@ def print_table(doc: dict, console=None) -> None:
         table.add_column(e["engine"], justify="right")
     for stage in STAGES:
         cells = [f"{e['stages'][stage]['median_ms']:.1f} ± {e['stages'][stage]['spread_ms']:.1f}" for e in doc["engines"]]
-        table.add_row(STAGE_LABELS[stage], *cells)
+        one_pass = stage == "unet_step" and s.get("one_pass")
+        table.add_row("the one UNet pass (batch K)" if one_pass else STAGE_LABELS[stage], *cells)
     table.add_row("outside the UNet (share of call)", *[f"{100 * e['outside_unet_fraction']:.1f} %" for e in doc["engines"]])
     if any(e.get("unet_step_speedup_vs_torch") for e in doc["engines"]):
         for key, label in (("unet_step", "UNet step"), ("end_to_end", "end to end")):

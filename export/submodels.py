@@ -219,7 +219,8 @@ def trt_profile(sub: Submodel, info: ModelInfo, batch: int = 1, min_res: int = 1
     text+image, image only, neither: docs/DESIGN.md 4), so its batch spans 3 .. 3 * batch; the text encoder is called
     with up to 3 prompts per image; the VAE with 1 .. batch images. Height and width each span min_res .. max_res
     pixels (non-square images), optimised for opt_res x opt_res. `static` pins every dimension to the opt shape
-    (needed for CUDA graphs).
+    (needed for CUDA graphs), except the text encoder's batch: the pipeline encodes the K instructions and the empty
+    prompt in separate calls, and no CUDA graph replays it.
     """
     f = info.vae_scale_factor
     for res in (min_res, opt_res, max_res):
@@ -233,7 +234,7 @@ def trt_profile(sub: Submodel, info: ModelInfo, batch: int = 1, min_res: int = 1
         raise IcvError(f"need min <= opt <= max resolution, got {min_res}, {opt_res}, {max_res}")
     rows = {"unet": 3, "text_encoder": 3}.get(sub.name, 1)
     opt_batch = rows * batch
-    min_batch = opt_batch if static else rows if sub.name == "unet" else 1
+    min_batch = opt_batch if static and sub.name != "text_encoder" else rows if sub.name == "unet" else 1
     if static:
         min_res = max_res = opt_res
     lo = sub.shapes(min_batch, min_res, min_res, info)

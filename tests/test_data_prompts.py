@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -32,8 +31,6 @@ def test_pool_is_shipped_and_large_enough():
     assert "project" in json.loads((load_pool.__globals__["POOL_FILE"]).read_text())["_about"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("icv_deploy.tasks.routing") is None,
-                    reason="icv_deploy/tasks/routing.py is not there yet")
 def test_every_template_and_pool_entry_routes_to_its_task_category_and_colours():
     from icv_deploy.tasks.routing import route
 
