@@ -61,7 +61,7 @@ def test_choose_prompt_fixed_and_rephrased():
     seen = {choose_prompt("detection", "dog", rng, "rephrased")[0] for _ in range(200)}
     assert len(seen) > 10 and all("dog" in s for s in seen)
     assert fill("Is there a {category}?", "apple") == "Is there an apple?"
-    with pytest.raises(IcvError, match="fixed or rephrased"):
+    with pytest.raises(IcvError, match="fixed, rephrased or unseen"):
         choose_prompt("depth", None, rng, "creative")
 
 

@@ -385,4 +385,6 @@ def _forced_route(core: str, task: str) -> Route:
             category = _clean_category(core)  # "cat" with task="segmentation"
     if task == "classification":
         return Route(task, category, *colors, decided_by="forced")
+    if task == "depth" and category and re.match(rf"{_PICTURE}s?\b", category, re.IGNORECASE):
+        category = None  # as unforced: "the depth of the image in grey levels" names no place
     return Route(task, category, decided_by="forced")
