@@ -62,7 +62,8 @@ def scene():
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "icv-serve.log"
-    with LocalServer(["--model", str(tiny_model), *SERVER_ARGS], env={"ICV_API_KEY": KEY}, log_path=log) as srv:
+    with LocalServer(["--model", str(tiny_model), *SERVER_ARGS], env={"ICV_API_KEY": KEY}, log_path=log,
+                     ready_timeout_s=600) as srv:
         yield srv
 
 

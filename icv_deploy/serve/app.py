@@ -200,10 +200,10 @@ class Gateway:
                            {"WWW-Authenticate": "Bearer"})
 
     # -- health, metrics, page ---------------------------------------------------------------------------------
-    async def healthz(self) -> Response:
+    async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
-    async def readyz(self) -> Response:
+    async def readyz(self, request: Request) -> Response:
         """Ready when at least one model replica has its model loaded (Serve's RUNNING state)."""
         checked, ready, replicas = self._readiness
         if time.monotonic() - checked > 1.0:
@@ -225,13 +225,13 @@ class Gateway:
             return error_response(exc.status, exc.message, exc.headers)
         return Response(self.metrics.render(), media_type=Metrics.content_type)
 
-    async def page(self) -> Response:
+    async def page(self, request: Request) -> Response:
         return self._static("index.html")
 
-    async def script(self) -> Response:
+    async def script(self, request: Request) -> Response:
         return self._static("app.js")
 
-    async def stylesheet(self) -> Response:
+    async def stylesheet(self, request: Request) -> Response:
         return self._static("style.css")
 
     def _static(self, name: str) -> Response:
@@ -243,9 +243,10 @@ STATIC_TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javasc
 # The page loads nothing from elsewhere and runs no inline script.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-ROUTES = [("POST", "/v1/infer", Gateway.infer), ("GET", "/healthz", Gateway.healthz), ("GET", "/readyz", Gateway.readyz),
-          ("GET", "/metrics", Gateway.metrics_text), ("GET", "/", Gateway.page), ("GET", "/app.js", Gateway.script),
-          ("GET", "/style.css", Gateway.stylesheet)]
+# (method, path, Gateway method): each takes the request.
+ROUTES = [("POST", "/v1/infer", "infer"), ("GET", "/healthz", "healthz"), ("GET", "/readyz", "readyz"),
+          ("GET", "/metrics", "metrics_text"), ("GET", "/", "page"), ("GET", "/app.js", "script"),
+          ("GET", "/style.css", "stylesheet")]
 
 
 def running_model_replicas() -> int:
@@ -260,7 +261,8 @@ def error_response(status: int, message: str, headers: dict | None = None) -> JS
 
 
 def make_api(settings: ServeSettings) -> FastAPI:
-    """The FastAPI app of one gateway: our routes, JSON errors for everything, CORS only when origins are given."""
+    """The FastAPI app of one gateway: our routes, JSON errors for everything, CORS only when origins are given.
+    Built inside the gateway replica (see build_app); each route calls that replica's Gateway object."""
     api = FastAPI(title="icv-serve", docs_url=None, redoc_url=None, openapi_url=None)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -281,15 +283,27 @@ def make_api(settings: ServeSettings) -> FastAPI:
     api.add_exception_handler(StarletteHTTPException, http_error)
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_exception_handler(Exception, internal_error)
-    for method, path, endpoint in ROUTES:
-        api.add_api_route(path, endpoint, methods=[method], include_in_schema=False)
+    for method, path, name in ROUTES:
+        api.add_api_route(path, _endpoint(name), methods=[method], include_in_schema=False)
     return api
+
+
+def _endpoint(name: str):
+    async def endpoint(request: Request) -> Response:
+        return await getattr(serve.get_replica_context().servable_object, name)(request)
+
+    endpoint.__name__ = name
+    return endpoint
 
 
 def build_app(args: dict) -> serve.Application:
     """The application: `icv_deploy.serve.app:build_app` with ServeSettings as `args` (see `icv-serve config`)."""
     settings = ServeSettings.from_args(args)
     model = serve.deployment(name=MODEL_DEPLOYMENT, **settings.model_deployment_options())(InstructCVModel)
+
+    def build_api() -> FastAPI:  # run by Serve inside the gateway replica, after Gateway.__init__
+        return make_api(settings)
+
     gateway = serve.deployment(name=GATEWAY_DEPLOYMENT, **settings.gateway_deployment_options())(
-        serve.ingress(make_api(settings))(Gateway))
+        serve.ingress(build_api)(Gateway))
     return gateway.bind(model.bind(settings.to_args()), settings.to_args())
