@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from icv_deploy.atomic import fsync_tree, write_json
@@ -97,7 +98,18 @@ def load_checkpoint(accelerator, folder: Path, averages=(), log_file: Path | Non
     with weights_only=False): pass them here and to `save_checkpoint`. `log_file` (losses.jsonl) loses the lines
     of steps after the checkpoint, which the resumed run logs again, so the log reads as an uninterrupted run's.
     """
-    accelerator.load_state(str(folder))
+    legacy = sorted(Path(folder).glob("custom_checkpoint_*.pkl"))
+    if legacy:
+        # Written by accelerate for registered EMAs (checkpoints from before ema_<i>.safetensors). accelerate would
+        # unpickle them with weights_only=False (and refuses a folder whose count differs from the registered
+        # objects'), so it is shown the folder without them; load_averages reads them with weights_only=True.
+        with tempfile.TemporaryDirectory(prefix="icv-resume-") as view:
+            for path in Path(folder).iterdir():
+                if path not in legacy:
+                    os.symlink(path.resolve(), Path(view) / path.name)
+            accelerator.load_state(view)
+    else:
+        accelerator.load_state(str(folder))
     load_averages(averages, folder)
     for ema in averages:
         if ema is not None:
