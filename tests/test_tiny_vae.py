@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -161,7 +162,7 @@ def test_engine_folder_refuses_the_other_vae(tmp_path):
     engines = {}
     for name in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
         (tmp_path / f"{name}.plan").write_bytes(b"plan")
-        engines[name] = {"path": f"{name}.plan", "bytes": 4}
+        engines[name] = {"path": f"{name}.plan", "bytes": 4, "sha256": hashlib.sha256(b"plan").hexdigest()}
     for sub in ("tokenizer", "scheduler"):
         (tmp_path / sub).mkdir()
     metadata = {"format": "icv-deploy-tensorrt", "format_version": 1, "model_info": ModelInfo().__dict__,
