@@ -66,7 +66,8 @@ def onnx_command(model, output, opset, fp16, device, vae, verify):
 @click.option("--opt-resolution", default=256, show_default=True, help="Image side the engines are tuned for.")
 @click.option("--max-resolution", default=512, show_default=True, help="Largest image side (pixels) the engines take.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Images per call; the UNet profile covers 3 .. 3 x batch rows (guidance batch).")
+              help="Instructions per call; the UNet profile covers 3 .. 3 x batch rows (guidance batch), or 1 .. batch "
+                   "for a one-pass model (icv_config.json mode one_pass).")
 @click.option("--static", is_flag=True, help="Fix every shape at the opt resolution and batch (for CUDA graphs).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache to read and update (default: OUTPUT/timing.cache).")

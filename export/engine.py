@@ -10,7 +10,8 @@ Precision follows the ONNX fp16 graphs (export/optimize.py): the text encoder an
 except Softmax and the timestep path (the layers fed by `timestep` alone, and the constants only they read), which
 are pinned to float32 with OBEY precision constraints; the VAE engines build in float32 when the VAE's config says
 `force_upcast` (the SD VAE overflows in fp16; TAESD does not ask). Each engine has one optimisation profile
-(`submodels.trt_profile`: batch 3 and multiples of 3 for the UNet, min/opt/max resolution). Engines are written to a
+(`submodels.trt_profile`: batch 3 and multiples of 3 for the UNet, 1 .. batch for a one-pass model; min/opt/max
+resolution). Engines are written to a
 temporary name and renamed, so a crash never leaves a half-written `.plan`; engines already built for the same ONNX
 graph, profile, precision, GPU and TensorRT version are kept. Running engines is the runtime's job
 (`icv_deploy.backends.trt_backend`): the runtime never imports the exporter.
@@ -50,13 +51,23 @@ def require_tensorrt():
     return tensorrt
 
 
-def profiles_for(info, batch: int, min_res: int, opt_res: int, max_res: int, static: bool) -> dict:
-    """Submodel -> {input: [min, opt, max]} as JSON-friendly lists."""
+def profiles_for(info, batch: int, min_res: int, opt_res: int, max_res: int, static: bool, guidance: bool = True) -> dict:
+    """Submodel -> {input: [min, opt, max]} as JSON-friendly lists (guidance False: a one-pass model's batches)."""
     specs = submodels(info)
     return {
-        name: {k: [list(s) for s in shapes] for k, shapes in trt_profile(specs[name], info, batch, min_res, opt_res, max_res, static).items()}
+        name: {k: [list(s) for s in shapes]
+               for k, shapes in trt_profile(specs[name], info, batch, min_res, opt_res, max_res, static, guidance).items()}
         for name in SUBMODEL_NAMES
     }
+
+
+def is_one_pass(onnx_dir: Path) -> bool:
+    """Whether the ONNX folder's icv_config.json declares a one-pass model (one UNet row per instruction)."""
+    from icv_deploy.model_files import model_config
+    from icv_deploy.one_pass import OnePass
+
+    scheduler = read_json(onnx_dir / "scheduler" / "scheduler_config.json")
+    return OnePass.from_config(model_config(onnx_dir), scheduler, where=str(onnx_dir / "icv_config.json")) is not None
 
 
 def layers_kept_fp32(network, trt, timestep_input: str = "timestep") -> list:
@@ -171,7 +182,8 @@ def _build_engines(trt, device_index, onnx_dir, output, batch, min_res, opt_res,
                    progress, log) -> dict:
     manifest = check_onnx_folder(onnx_dir)
     info = info_from_manifest(manifest, onnx_dir)
-    profiles = profiles_for(info, batch, min_res, opt_res, max_res, static)
+    one_pass = is_one_pass(onnx_dir)
+    profiles = profiles_for(info, batch, min_res, opt_res, max_res, static, guidance=not one_pass)
     identity = trt_rt.runtime_identity(trt, device_index)
     timing_cache = Path(timing_cache) if timing_cache else output / "timing.cache"
     output.mkdir(parents=True, exist_ok=True)
@@ -214,7 +226,7 @@ def _build_engines(trt, device_index, onnx_dir, output, batch, min_res, opt_res,
             (output / name).unlink(missing_ok=True)
     metadata = {
         "format": trt_rt.FORMAT, "format_version": trt_rt.FORMAT_VERSION, **identity, "precision": "fp16",
-        "io_dtype": "float32", "static_shapes": static, "batch": batch,
+        "io_dtype": "float32", "static_shapes": static, "batch": batch, "one_pass": one_pass,
         "resolution": {"min": min_res, "opt": opt_res, "max": max_res},
         "model_info": info.__dict__, "vae": manifest.get("vae", "full"), "source_onnx": str(onnx_dir),
         "source_hash": manifest.get("source_hash"), "engines": engines,

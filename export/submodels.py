@@ -212,7 +212,8 @@ def load_module(model_dir: Path, name: str, device: str = "cpu", vae: str = "ful
 
 
 def trt_profile(sub: Submodel, info: ModelInfo, batch: int = 1, min_res: int = 128, opt_res: int = 256,
-                max_res: int = 512, static: bool = False) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+                max_res: int = 512, static: bool = False, guidance: bool = True
+                ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """TensorRT optimisation profile: input name -> (min, opt, max) shape.
 
     `batch` is the number of images per call. The UNet runs 3 rows per image (classifier-free guidance with
@@ -220,7 +221,8 @@ def trt_profile(sub: Submodel, info: ModelInfo, batch: int = 1, min_res: int = 1
     with up to 3 prompts per image; the VAE with 1 .. batch images. Height and width each span min_res .. max_res
     pixels (non-square images), optimised for opt_res x opt_res. `static` pins every dimension to the opt shape
     (needed for CUDA graphs), except the text encoder's batch: the pipeline encodes the K instructions and the empty
-    prompt in separate calls, and no CUDA graph replays it.
+    prompt in separate calls, and no CUDA graph replays it. `guidance=False` is a one-pass model (icv_deploy/one_pass.py): one UNet row and one
+    prompt per instruction, so the UNet and the text encoder span 1 .. batch.
     """
     f = info.vae_scale_factor
     for res in (min_res, opt_res, max_res):
@@ -232,7 +234,7 @@ def trt_profile(sub: Submodel, info: ModelInfo, batch: int = 1, min_res: int = 1
         from icv_deploy.errors import IcvError
 
         raise IcvError(f"need min <= opt <= max resolution, got {min_res}, {opt_res}, {max_res}")
-    rows = {"unet": 3, "text_encoder": 3}.get(sub.name, 1)
+    rows = {"unet": 3, "text_encoder": 3}.get(sub.name, 1) if guidance else 1
     opt_batch = rows * batch
     min_batch = opt_batch if static and sub.name != "text_encoder" else rows if sub.name == "unet" else 1
     if static:

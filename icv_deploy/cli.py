@@ -73,9 +73,13 @@ the raw answer (mask.png, boxes.json, depth.npy + 16-bit depth.png in mm) and re
                    "decode (most of the time outside the UNet on a CPU), slightly softer images; needs vae_tiny/ in the "
                    "model folder (copy madebyollin/taesd there) or an ONNX folder exported with `icv-export onnx --vae "
                    "tiny`. [default: full; for an ONNX or engine folder, the VAE it was exported with]")
-@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="Sampling steps [default: the model's, else 100].")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None,
+              help="Sampling steps [default: the model's, else 100]. A one-pass model takes one step whatever is asked.")
 @click.option("--sampler", type=click.Choice(["euler_a", "euler", "dpmpp_2m", "dpmpp_2m_trailing", "lcm"]), default=None,
-              help="Sampler [default: the model's, else euler_a as in the paper].")
+              help="Sampler [default: the model's, else euler_a as in the paper]; lcm is for LCM-distilled models.")
+@click.option("--spacing", type=click.Choice(["linspace", "leading", "trailing", "karras", "lcm"]), default=None,
+              help="Timestep spacing [default: the model's, else the sampler's: karras for dpmpp_2m, lcm for lcm, the "
+                   "scheduler config's otherwise]. For 1-4 steps use trailing: leading runs one step at t = 1.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--guidance-scale", type=float, default=None, help="Text guidance s_T [default 7.5].")
 @click.option("--image-guidance-scale", type=float, default=None, help="Image guidance s_I [default 1.5].")
@@ -89,8 +93,8 @@ the raw answer (mask.png, boxes.json, depth.npy + 16-bit depth.png in mm) and re
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @debug_option
 @one_line_errors
-def main(image, instruction, model, engine, device, dtype, vae, steps, sampler, seed, guidance_scale, image_guidance_scale,
-         resolution, task, output, as_json, quiet):
+def main(image, instruction, model, engine, device, dtype, vae, steps, sampler, spacing, seed, guidance_scale,
+         image_guidance_scale, resolution, task, output, as_json, quiet):
     """Run InstructCV on IMAGE with one or more INSTRUCTIONs (they share one image encoding and run as one batch)."""
     setup_logging()
     instructions = [text for text in instruction]
@@ -105,7 +109,7 @@ def main(image, instruction, model, engine, device, dtype, vae, steps, sampler, 
     pipe = load(model, engine=engine, device=device, dtype=dtype, vae=vae)
     pipe.progress = not quiet
     results = pipe.run_many(picture, instructions, steps=steps, sampler=sampler, seed=seed, guidance_scale=guidance_scale,
-                            image_guidance_scale=image_guidance_scale, resolution=res_value, task=task)
+                            image_guidance_scale=image_guidance_scale, resolution=res_value, task=task, spacing=spacing)
     base = output / slug(image.stem)
     for k, res in enumerate(results, 1):
         res.save(base / f"{k:02d}-{slug(res.instruction)}")

@@ -10,12 +10,14 @@ from PIL import Image
 import icv_deploy
 
 
-def diffusers_visual(model_dir, image, instruction, steps, seed, scheduler=None, gs=7.5, igs=1.5):
+def diffusers_visual(model_dir, image, instruction, steps, seed, scheduler=None, gs=7.5, igs=1.5, **scheduler_options):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(model_dir, safety_checker=None)
-    if scheduler is not None:
-        ref.scheduler = scheduler.from_config(ref.scheduler.config, **({"use_karras_sigmas": True} if "DPM" in scheduler.__name__ else {}))
+    if scheduler is not None or scheduler_options:
+        scheduler = scheduler or type(ref.scheduler)
+        extra = {"use_karras_sigmas": True} if "DPM" in scheduler.__name__ else {}
+        ref.scheduler = scheduler.from_config(ref.scheduler.config, **extra, **scheduler_options)
     ref.set_progress_bar_config(disable=True)
     out = ref(instruction, image=Image.fromarray(image), num_inference_steps=steps, guidance_scale=gs,
               image_guidance_scale=igs, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
@@ -66,6 +68,46 @@ def test_dpmpp_2m_close_to_diffusers_dpmsolver(tiny_model, scene_image):
     ref = diffusers_visual(tiny_model, scene_image, "Segment the sky", steps=10, seed=2, scheduler=DPMSolverMultistepScheduler)
     diff = np.abs(res.visual.astype(np.float64) - ref)
     assert diff.mean() < 1.0 and diff.max() <= 8.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model_v(tiny_model, tmp_path_factory):
+    """The tiny model with a v-prediction scheduler config (the weights do not care; both pipelines read it)."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("models") / "tiny-v"
+    shutil.copytree(tiny_model, out)
+    path = out / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
+    return out
+
+
+@pytest.mark.parametrize("case", ["euler_a-leading", "euler_a-trailing", "euler_a-v_prediction", "lcm-1", "lcm-4"])
+def test_more_samplers_match_diffusers(request, case, scene_image):
+    """Leading and trailing spacing (with diffusers' starting noise), v prediction read from the scheduler config,
+    and LCM with diffusers' LCMScheduler. (Where diffusers' trailing spacing adds a step at t = -1, test_schedules
+    checks that ours stops at N.)"""
+    from diffusers import LCMScheduler
+
+    model_dir = request.getfixturevalue("tiny_model_v" if "v_prediction" in case else "tiny_model")
+    sampler, steps, spacing, ref_kw = "euler_a", 6, None, {}
+    if case == "euler_a-leading":
+        spacing, ref_kw = "leading", {"timestep_spacing": "leading"}
+    elif case == "euler_a-trailing":
+        spacing, ref_kw = "trailing", {"timestep_spacing": "trailing"}
+    elif case.startswith("lcm"):
+        sampler, steps, ref_kw = "lcm", int(case.split("-")[1]), {"scheduler": LCMScheduler}
+    pipe = icv_deploy.load(model_dir)
+    pipe.progress = False
+    calls = []
+    predict = pipe.backend.predict_noise
+    pipe.backend.predict_noise = lambda *a: calls.append(a[0].shape[0]) or predict(*a)
+    res = pipe(scene_image, "Segment the red box", steps=steps, sampler=sampler, spacing=spacing, seed=4, resolution=None)
+    ref = diffusers_visual(model_dir, scene_image, "Segment the red box", steps=steps, seed=4, **ref_kw)
+    assert calls == [3] * steps  # N steps, each one UNet batch of 3 (text + image, image, neither)
+    assert np.abs(res.visual.astype(np.float64) - ref).max() <= 2.0
+    assert res.visual.std() > 5
 
 
 def test_several_instructions_equal_single_runs(tiny_model, scene_image):
