@@ -16,13 +16,15 @@ import torch
 from icv_deploy.backends import ort_tuning
 
 
-def call_shapes(info, batch_instructions: int, height: int, width: int) -> dict[str, dict | None]:
-    """Input shapes of each submodel for K instructions on one image of height x width pixels."""
+def call_shapes(info, batch_instructions: int, height: int, width: int, guidance: bool = True) -> dict[str, dict | None]:
+    """Input shapes of each submodel for K instructions on one image of height x width pixels (the UNet sees 3K rows,
+    or K for a one-pass model: guidance=False)."""
     f, k, c = info.vae_scale_factor, batch_instructions, info.latent_channels
     h, w = height // f, width // f
+    rows = 3 * k if guidance else k
     return {
         "text_encoder": None,  # called with K and with 1 (the empty prompt): keep it dynamic
-        "unet": ort_tuning.unet_input_shapes(3 * k, h, w, info.unet_in_channels, info.max_text_tokens, info.text_hidden_size),
+        "unet": ort_tuning.unet_input_shapes(rows, h, w, info.unet_in_channels, info.max_text_tokens, info.text_hidden_size),
         "vae_encoder": {"sample": (1, 3, height, width)},
         "vae_decoder": {"latent_sample": (k, c, h, w)},
     }
@@ -37,7 +39,8 @@ def pinned_entry(entry: dict, dims: dict | None) -> dict:
 
 
 def tuned_onnx_backend(folder: Path, device: str = "cpu", batch_instructions: int = 1, height: int = 256,
-                       width: int = 256, static: bool = True, threads: int | None = None, vae: str | None = None):
+                       width: int = 256, static: bool = True, threads: int | None = None, vae: str | None = None,
+                       guidance: bool = True):
     import onnxruntime as ort
 
     from icv_deploy.backends.onnx_backend import (SUBMODEL_NAMES, OnnxBackend, check_onnx_folder, check_session,
@@ -48,7 +51,7 @@ def tuned_onnx_backend(folder: Path, device: str = "cpu", batch_instructions: in
     check_vae_choice(folder_vae(manifest), vae, folder)
     info = info_from_manifest(manifest, folder)
     device = torch.device(device)
-    shapes = call_shapes(info, batch_instructions, height, width)
+    shapes = call_shapes(info, batch_instructions, height, width, guidance)
     sessions, pinned = {}, {}
     for name in SUBMODEL_NAMES:
         entry = manifest["submodels"][name]

@@ -4,7 +4,8 @@ Stages (each timed `repeats` times after one warm-up call, reported as median an
     text            tokenize + text encoder for the K instructions (the empty-prompt embedding is cached by the
                     pipeline after its first call, as in a warm service)
     vae_encoder     the image latent (once per image, whatever K)
-    unet_step       one guided step: the UNet on a batch of 3K plus the guidance arithmetic
+    unet_step       one guided step: the UNet on a batch of 3K plus the guidance arithmetic (a one-pass model,
+                    pipe.one_pass set: its single UNet call of batch K, which is the whole sampling)
     sampler         everything in `pipeline.sample` except the UNet itself, for the whole call (schedule,
                     per-instruction noise generators, guidance batch, sampler updates): measured by running the
                     sampler with a zero-cost stand-in for `predict_noise`
@@ -198,32 +199,44 @@ def prepare_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: in
         timings["text"], (text_emb, empty_emb) = time_call(lambda: pipe.encode_instructions(list(instructions)), repeats, warmup, sync)
         timings["vae_encoder"], image_latents = time_call(lambda: pipe.encode_image(model_input), repeats, warmup, sync)
 
-        sample_fn, spacing = SAMPLERS[sampler]
-        schedule = make_schedule(pipe.scheduler_config, steps, spacing)
-        text_batch, image_batch = guidance_batch(text_emb, empty_emb, image_latents)
-        denoiser = GuidedDenoiser(backend.predict_noise, schedule, text_batch, image_batch, gs, igs)
         k, (_, c, h, w) = len(instructions), image_latents.shape
-        x = torch.randn((k, c, h, w), generator=torch.Generator().manual_seed(seed)).to(backend.device) * schedule.sigmas[0]
+        if getattr(pipe, "one_pass", None) is not None:  # one UNet call of batch K: no guidance batch, no sampler loop
+            def unet_step():
+                return pipe.one_pass_sample(text_emb, image_latents)
+
+            sample, call_settings = unet_step, {}
+        else:
+            sample_fn, spacing = SAMPLERS[sampler]
+            schedule = make_schedule(pipe.scheduler_config, steps, spacing)
+            text_batch, image_batch = guidance_batch(text_emb, empty_emb, image_latents)
+            denoiser = GuidedDenoiser(backend.predict_noise, schedule, text_batch, image_batch, gs, igs)
+            x = torch.randn((k, c, h, w), generator=torch.Generator().manual_seed(seed)).to(backend.device) * schedule.init_sigma
+
+            def unet_step():
+                return denoiser(x, 0)
+
+            def sample():
+                return pipe.sample(text_emb, empty_emb, image_latents, steps, sampler, seed, gs, igs)
+
+            call_settings = {"steps": steps, "sampler": sampler, "guidance_scale": gs, "image_guidance_scale": igs}
         for _ in range(warmup):
-            denoiser(x, 0)
+            unet_step()
 
         with stub_predict_noise(backend):
-            timings["sampler"], latents = time_call(
-                lambda: pipe.sample(text_emb, empty_emb, image_latents, steps, sampler, seed, gs, igs), repeats, warmup, sync)
+            timings["sampler"], latents = time_call(sample, repeats, warmup, sync)
         timings["vae_decoder"], _ = time_call(lambda: pipe.decode_latents(latents), repeats, warmup, sync)
 
         postprocess = Timing()
 
         def call():
-            results = pipe.run_many(image, list(instructions), steps=steps, sampler=sampler, seed=seed, guidance_scale=gs,
-                                    image_guidance_scale=igs, resolution=resolution, task=task)
+            results = pipe.run_many(image, list(instructions), seed=seed, resolution=resolution, task=task, **call_settings)
             postprocess.samples_ms.append(results[0].settings["timings_ms"]["postprocess_ms"])
             return results
 
         call()  # every network has run by now; this one is for the memory peak of a whole call
         sync()
         postprocess.samples_ms.clear()
-    return Prepared(timings, memory.summary(), [k, c, h, w], lambda: denoiser(x, 0), call, sync, postprocess)
+    return Prepared(timings, memory.summary(), [k, c, h, w], unet_step, call, sync, postprocess)
 
 
 def finish(prepared: Prepared, unet_step: Timing, end_to_end: Timing, results: list) -> dict:

@@ -24,6 +24,11 @@ OpenVINO engines (bench_openvino.py; CPU): openvino-bf16, openvino-f32 (the ONNX
 precision), openvino (whichever of the two this CPU runs by default) and openvino-int8 (an int8 IR folder:
 --openvino-model, or one quantized once into the cache). Each is named by the precision it runs in.
 
+One-pass mode (issue 13): a model whose icv_config.json says "mode": "one_pass" is timed as it runs, one UNet call of
+batch K per call with no guidance batch and no sampler loop (steps = 1); `--one-pass` times any model that way,
+e.g. `--model sd15-random --one-pass` for the full-size architecture (random weights: the time counts, not the
+answer). The diffusers baseline is the same paper setting in the same run either way.
+
 `--vae tiny` times the engines with the tiny autoencoder (diffusers' AutoencoderTiny, TAESD) from the model's
 `vae_tiny/` instead of the SD VAE (sd15-random gets a random TAESD of the real architecture, added once; onnx
 engines use a second export made with `--vae tiny`). The baseline keeps the full VAE: it is the paper's setting.
@@ -132,9 +137,32 @@ def model_resolution(model_dir: Path) -> int:
 
     return int(model_config(model_dir).get("resolution") or 256)
 
+
+def one_pass_mode(model_dir: Path, forced: bool):
+    """The one-pass mode to time: the model's own (icv_config.json), else with --one-pass a default one (t = 999, zero
+    noise input, clean-latent prediction: the cost is the same whatever the mode), else None (sampled)."""
+    from icv_deploy.model_files import model_config, read_json
+    from icv_deploy.one_pass import OnePass
+
+    own = OnePass.from_config(model_config(model_dir), read_json(model_dir / "scheduler" / "scheduler_config.json"),
+                              where=str(model_dir / "icv_config.json"))
+    return own or (OnePass(prediction_type="sample") if forced else None)
+
+
 def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, dtype, k: int, size, compile_unet: bool,
-                vae: str = "full", int8_dir: Path | None = None, cache: Path = DEFAULT_CACHE):
-    """An InstructCVPipeline for `engine`, and the options it was opened with (for the JSON)."""
+                vae: str = "full", int8_dir: Path | None = None, cache: Path = DEFAULT_CACHE, one_pass=None):
+    """An InstructCVPipeline for `engine`, and the options it was opened with (for the JSON); `one_pass` (a
+    one_pass.OnePass) makes it run one UNet pass of batch K per call."""
+    pipe, options = _open_engine(engine, model_dir, onnx_dir, trt_model, device, dtype, k, size, compile_unet, vae, int8_dir,
+                                 cache, guidance=one_pass is None)
+    if one_pass is not None:
+        pipe.one_pass = one_pass
+        options["one_pass"] = one_pass.to_json()
+    return pipe, options
+
+
+def _open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, dtype, k: int, size, compile_unet: bool,
+                 vae: str = "full", int8_dir: Path | None = None, cache: Path = DEFAULT_CACHE, guidance: bool = True):
     from icv_deploy.pipeline import InstructCVPipeline
 
     if engine in ("torch", "torch-fast"):
@@ -151,7 +179,8 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
 
         from icv_deploy.model_files import read_json
 
-        backend = tuned_onnx_backend(onnx_dir, device, batch_instructions=k, height=size[0], width=size[1], vae=vae)
+        backend = tuned_onnx_backend(onnx_dir, device, batch_instructions=k, height=size[0], width=size[1], vae=vae,
+                                     guidance=guidance)  # static UNet shapes: 3K rows, or K for one pass
         pipe = InstructCVPipeline(backend, CLIPTokenizer.from_pretrained(onnx_dir / "tokenizer"),
                                   read_json(onnx_dir / "scheduler" / "scheduler_config.json"), source=str(onnx_dir))
         return pipe, {"static_dims": backend.static_dims, "session_options": "icv_deploy.backends.ort_tuning"}
@@ -191,6 +220,9 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
 @click.option("--vae", type=click.Choice(["full", "tiny"]), default="full", show_default=True,
               help="Engines' autoencoder: full (the model's SD VAE) or tiny (TAESD from <model>/vae_tiny; sd15-random "
                    "gets a random one). The baseline always uses the full VAE.")
+@click.option("--one-pass", "force_one_pass", is_flag=True,
+              help="Time the one-pass mode: one UNet call of batch K per call, no guidance batch, no sampler loop "
+                   "(automatic for a model whose icv_config.json says mode one_pass; --steps and --sampler then do not apply).")
 @click.option("--compile", "compile_unet", is_flag=True, help="torch-fast: also torch.compile the UNet (slow to start).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a bar plot PNG here.")
@@ -199,7 +231,7 @@ def open_engine(engine: str, model_dir: Path, onnx_dir, trt_model, device: str, 
 @debug_option
 @one_line_errors
 def main(model, engines, onnx_model, trt_model, openvino_model, device, dtype, resolution, steps, sampler, k, repeats, baseline,
-         baseline_steps, vae, compile_unet, json_out, plot_out, cache_dir):
+         baseline_steps, vae, force_one_pass, compile_unet, json_out, plot_out, cache_dir):
     """Per-stage latency of InstructCV engines against the paper's diffusers baseline."""
     from icv_deploy.backends.torch_backend import parse_dtype
     from icv_deploy.model_files import default_model, resolve_model
@@ -225,6 +257,9 @@ def main(model, engines, onnx_model, trt_model, openvino_model, device, dtype, r
     model = model or default_model()
     model_dir = sd15_random(cache_dir, vae) if model == "sd15-random" else resolve_model(model)
     resolution = resolution or model_resolution(model_dir)
+    one_pass = one_pass_mode(model_dir, force_one_pass)
+    if one_pass is not None:
+        steps, sampler = 1, "one_pass"
     needs_onnx = any(e.startswith(("onnx", "openvino")) for e in names)
     names = resolve_names(names)  # "openvino" named by the precision it runs in on this CPU
     onnx_dir = onnx_folder(model_dir, onnx_model, cache_dir, vae) if needs_onnx else None
@@ -243,7 +278,8 @@ def main(model, engines, onnx_model, trt_model, openvino_model, device, dtype, r
         "machine": machine_description(device),
         "settings": {"model": model, "model_dir": str(model_dir), "onnx_dir": str(onnx_dir) if onnx_dir else None,
                      "device": device, "dtype": dtype_name, "resolution": resolution, "steps": steps, "sampler": sampler,
-                     "batch_instructions": k, "instructions": instructions, "repeats": repeats, "vae": vae},
+                     "batch_instructions": k, "instructions": instructions, "repeats": repeats, "vae": vae,
+                     "one_pass": one_pass.to_json() if one_pass else None},
         "baseline_ms": None, "baseline_extrapolated": None, "engines": [],
     }
     if baseline:
@@ -259,7 +295,7 @@ def main(model, engines, onnx_model, trt_model, openvino_model, device, dtype, r
     for engine in names:
         click.echo(f"{engine}: loading", err=True)
         pipe, options = open_engine(engine, model_dir, onnx_dir, trt_model, device, torch_dtype, k, size, compile_unet, vae,
-                                    int8_dir, cache_dir)
+                                    int8_dir, cache_dir, one_pass)
         click.echo(f"{engine}: timing {repeats} repeats of the smaller stages, warming up", err=True)
         prepared[engine] = (pipe, options, prepare_pipeline(pipe, image, instructions, steps, sampler, repeats,
                                                             resolution=resolution))

@@ -292,6 +292,30 @@ def test_latency_cli_writes_json_table_and_plot(tiny_model, tiny_onnx, tmp_path)
     assert "2 interleaved rounds (torch onnx-tuned" in result.output
 
 
+def test_latency_cli_times_the_one_pass_mode_against_the_same_baseline(tiny_model, tiny_onnx, tmp_path):
+    """--one-pass: every engine runs one UNet call of batch K (onnx-tuned's static UNet session is pinned to K rows,
+    so a guidance batch of 3K could not run), steps = 1, and the diffusers baseline is timed in the same run."""
+    from click.testing import CliRunner
+
+    import latency
+
+    out = tmp_path / "one-pass.json"
+    args = ["--model", str(tiny_model), "--onnx-model", str(tiny_onnx), "--engine", "torch,onnx-tuned", "--one-pass",
+            "--device", "cpu", "--resolution", "32", "--repeats", "1", "--baseline-steps", "1,10",
+            "--batch-instructions", "2", "--json", str(out)]
+    result = CliRunner().invoke(latency.main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["one_pass"]["mode"] == "one_pass" and doc["settings"]["steps"] == 1
+    # steps far apart: a line through 1 and 2 steps of the tiny model is mostly noise, and may be refused
+    assert doc["baseline_ms"] and doc["baseline"]["timed_steps"].keys() == {"1", "10"}
+    for e in doc["engines"]:
+        assert e["steps"] == 1 and e["options"]["one_pass"] == doc["settings"]["one_pass"] and e["latent_shape"] == [2, 4, 16, 16]
+        assert e["speedup_vs_baseline"] == pytest.approx(doc["baseline_ms"] / e["end_to_end_ms"], rel=0.01)
+    assert doc["engines"][1]["options"]["static_dims"]["unet"]["batch"] == 2
+    assert "the one UNet pass (batch K)" in result.output
+
+
 @pytest.mark.slow
 def test_latency_cli_with_the_tiny_vae(taesd_model, onnx_taesd, tiny_model, tiny_onnx, tmp_path):
     """--vae tiny opens every engine with TAESD (the results say so) and refuses an ONNX folder exported without."""
