@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from icv_deploy.atomic import fsync_tree, write_json
+from icv_deploy.atomic import fsync_tree, write_json, write_text
 from icv_deploy.errors import IcvError
 
 NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -98,13 +98,14 @@ def load_checkpoint(accelerator, folder: Path, averages=(), log_file: Path | Non
     with weights_only=False): pass them here and to `save_checkpoint`. `log_file` (losses.jsonl) loses the lines
     of steps after the checkpoint, which the resumed run logs again, so the log reads as an uninterrupted run's.
     """
-    legacy = sorted(Path(folder).glob("custom_checkpoint_*.pkl"))
+    folder = Path(folder)
+    legacy = sorted(folder.glob("custom_checkpoint_*.pkl"))
     if legacy:
         # Written by accelerate for registered EMAs (checkpoints from before ema_<i>.safetensors). accelerate would
         # unpickle them with weights_only=False (and refuses a folder whose count differs from the registered
         # objects'), so it is shown the folder without them; load_averages reads them with weights_only=True.
         with tempfile.TemporaryDirectory(prefix="icv-resume-") as view:
-            for path in Path(folder).iterdir():
+            for path in folder.iterdir():
                 if path not in legacy:
                     os.symlink(path.resolve(), Path(view) / path.name)
             accelerator.load_state(view)
@@ -132,8 +133,6 @@ def truncate_log(path: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line + "\n")
-    from icv_deploy.atomic import write_text
-
     write_text(path, "".join(kept))
 
 
