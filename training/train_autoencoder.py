@@ -36,6 +36,7 @@ from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .config import CONFIG_DIR
+from .train_checkpoints import STATE_FILE, list_checkpoints
 
 logger = logging.getLogger("icv_deploy.training")
 
@@ -126,7 +127,11 @@ def autoencoder_loss(vae, pixels: torch.Tensor, cfg: AutoencoderConfig, gen: tor
     return l1 + cfg.mse_weight * mse + cfg.kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
 
-def _save_checkpoint(root: Path, step: int, vae, optimizer) -> None:
+def _save_checkpoint(root: Path, step: int, vae, optimizer, keep: int = 2) -> None:
+    """checkpoint-<step>/ with the same layout rules as icv-train's (train_checkpoints): complete once its
+    state file is there; the last `keep` are kept."""
+    import shutil
+
     from safetensors.torch import save_file
 
     from icv_deploy.atomic import atomic_dir
@@ -134,16 +139,14 @@ def _save_checkpoint(root: Path, step: int, vae, optimizer) -> None:
     with atomic_dir(root / f"checkpoint-{step}") as tmp:
         save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
-    for old in sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-        import shutil
-
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
+    for _, old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _latest_checkpoint(root: Path) -> Path | None:
-    found = [p for p in root.glob("checkpoint-*") if (p / "state.json").exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
 
 
 @torch.no_grad()
@@ -171,7 +174,7 @@ def train_autoencoder(cfg: AutoencoderConfig, resume: str | None = None) -> Path
     output = Path(cfg.output)
     done = _latest_checkpoint(output / "checkpoints")
     if resume == "latest" and done is not None and (output / "model" / "config.json").exists() \
-            and json.loads((done / "state.json").read_text())["step"] >= cfg.max_steps:
+            and json.loads((done / STATE_FILE).read_text())["step"] >= cfg.max_steps:
         return output / "model"  # finished before: nothing to resume
     bank = PictureBank(open_dataset(cfg.data))
     torch.manual_seed(cfg.seed)
@@ -192,7 +195,7 @@ def train_autoencoder(cfg: AutoencoderConfig, resume: str | None = None) -> Path
     if checkpoint is not None:
         vae.load_state_dict(load_file(checkpoint / "model.safetensors"))
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        step = json.loads((checkpoint / "state.json").read_text())["step"]
+        step = json.loads((checkpoint / STATE_FILE).read_text())["step"]
         schedule.last_epoch = step - 1
         schedule.step()
         click.echo(f"resumed from {checkpoint} at step {step}", err=True)
