@@ -8,6 +8,7 @@ eps = eps_u + s_T * (eps_ti - eps_i) + s_I * (eps_i - eps_u), exactly as diffuse
 StableDiffusionInstructPix2PixPipeline computes it. The same combination applies to whatever the UNet predicts
 (noise, v or the clean latent, the scheduler config's `prediction_type`): each is affine in the others at a
 given step, so guiding the raw output and then converting it to x0 (`denoised_from_output`) is what diffusers does.
+With both scales 1 the combination is eps_ti itself: then only the K text + image rows run (`is_unguided`).
 """
 
 from __future__ import annotations
@@ -38,14 +39,23 @@ def guided_noise(eps: torch.Tensor, guidance_scale: float, image_guidance_scale:
     return eps_uncond + guidance_scale * (eps_text_image - eps_image) + image_guidance_scale * (eps_image - eps_uncond)
 
 
-def guidance_batch(text_emb: torch.Tensor, empty_emb: torch.Tensor, image_latents: torch.Tensor):
-    """Fixed conditioning for K instructions: text embeddings [3K, 77, D] and image latents [3K, 4, h, w].
+def is_unguided(guidance_scale: float, image_guidance_scale: float) -> bool:
+    """Both scales 1: the combination above is eps_ti itself, so the image-only and unconditional rows would be
+    computed for nothing; the denoiser runs the K text + image rows alone (a third of the UNet work)."""
+    return guidance_scale == 1 and image_guidance_scale == 1
+
+
+def guidance_batch(text_emb: torch.Tensor, empty_emb: torch.Tensor, image_latents: torch.Tensor, guided: bool = True):
+    """Fixed conditioning for K instructions: text embeddings [3K, 77, D] and image latents [3K, 4, h, w]
+    ([K, ...] each when not `guided`).
 
     `text_emb` is [K, 77, D] (one row per instruction), `empty_emb` [1, 77, D], `image_latents` [1, 4, h, w].
     """
     k = text_emb.shape[0]
-    empty = empty_emb.expand(k, -1, -1)
     image = image_latents.expand(k, -1, -1, -1)
+    if not guided:
+        return text_emb, image
+    empty = empty_emb.expand(k, -1, -1)
     return torch.cat([text_emb, empty, empty]), torch.cat([image, image, torch.zeros_like(image)])
 
 
@@ -70,10 +80,12 @@ class GuidedDenoiser:
     def __call__(self, x: torch.Tensor, i: int) -> torch.Tensor:
         sigma = self.schedule.sigmas[i]
         x_in = x / (sigma**2 + 1) ** 0.5
-        sample = torch.cat([torch.cat([x_in] * 3).to(self.image_latents.dtype), self.image_latents], dim=1)
+        guided = self.text_emb.shape[0] == 3 * x.shape[0]  # else the K rows of guidance_batch(..., guided=False)
+        sample = torch.cat([torch.cat([x_in] * (3 if guided else 1)).to(self.image_latents.dtype), self.image_latents], dim=1)
         t = self.schedule.timesteps[i].expand(sample.shape[0]).to(sample.device)
         out = self.predict_noise(sample, t, self.text_emb).float()
-        out = guided_noise(out, self.guidance_scale, self.image_guidance_scale)
+        if guided:
+            out = guided_noise(out, self.guidance_scale, self.image_guidance_scale)
         denoised = denoised_from_output(out, x, sigma, self.prediction_type)
         if self.consistency is not None:
             c_skip, c_out = self.consistency

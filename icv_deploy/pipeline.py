@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import images as imgs
 from .backends import load_backend
 from .errors import IcvError, InstructionError, ModelFilesError
-from .guidance import PREDICTION_TYPES, GuidedDenoiser, guidance_batch
+from .guidance import PREDICTION_TYPES, GuidedDenoiser, guidance_batch, is_unguided
 from .model_files import default_model, model_config, read_json, resolve_model
 from .result import Result
 from .one_pass import OnePass, one_pass_latents
@@ -123,7 +123,8 @@ class InstructCVPipeline:
             return torch.cat([torch.randn((1, *x.shape[1:]), generator=g) for g in generators]).to(device)
 
         x = torch.cat([torch.randn((1, c, h, w), generator=g) for g in generators]).to(device) * schedule.init_sigma
-        text_batch, image_batch = guidance_batch(text_emb, empty_emb, image_latents)
+        text_batch, image_batch = guidance_batch(text_emb, empty_emb, image_latents,
+                                                 guided=not is_unguided(guidance_scale, image_guidance_scale))
         consistency = None
         if sampler in CONSISTENCY_SAMPLERS:
             consistency = lcm_scalings(schedule.timesteps, self.scheduler_config.get("timestep_scaling", 10.0))

@@ -47,6 +47,26 @@ def test_guidance_scales_are_passed_through(tiny_model, scene_image):
     assert np.abs(other.visual.astype(np.float64) - ref).max() > 2.0  # the scales matter
 
 
+def test_unit_scales_run_only_the_text_image_rows_and_match_diffusers(tiny_model, scene_image, monkeypatch):
+    """With both scales 1 the guided combination is the text + image prediction: one row per instruction per step
+    (diffusers skips guidance then too), two instructions batched -> 2 rows."""
+    pipe = icv_deploy.load(tiny_model)
+    pipe.progress = False
+    rows, predict = [], pipe.backend.predict_noise
+    monkeypatch.setattr(pipe.backend, "predict_noise", lambda sample, t, emb: (rows.append(sample.shape[0]), predict(sample, t, emb))[1])
+    res = pipe(scene_image, "Segment the red box", steps=6, sampler="euler_a", seed=3, guidance_scale=1.0,
+               image_guidance_scale=1.0, resolution=None)
+    assert rows == [1] * 6
+    ref = diffusers_visual(tiny_model, scene_image, "Segment the red box", steps=6, seed=3, gs=1.0, igs=1.0)
+    assert np.abs(res.visual.astype(np.float64) - ref).max() <= 2.0
+    rows.clear()
+    pipe.run_many(scene_image, ["Segment the red box", "Detect the box"], steps=3, sampler="euler_a", seed=3,
+                  guidance_scale=1.0, image_guidance_scale=1.0, resolution=None)
+    assert rows == [2] * 3
+    guided = pipe(scene_image, "Segment the red box", steps=6, sampler="euler_a", seed=3, resolution=None)
+    assert rows[-6:] == [3] * 6 and np.abs(guided.visual.astype(np.float64) - ref).max() > 2.0
+
+
 def test_euler_matches_diffusers_euler_discrete(tiny_model, scene_image):
     from diffusers import EulerDiscreteScheduler
 
