@@ -12,12 +12,14 @@ re-exported here so exporter code and tests have one import.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from icv_deploy.backends.onnx_backend import (  # noqa: F401  (re-exported)
     COPIED_FILES, COPIED_FOLDERS, FORMAT, FORMAT_VERSION, IO_DTYPE, MANIFEST_NAME, PRECISIONS, check_files, check_onnx_folder,
     folder_vae, graph_io, info_from_manifest, read_manifest, sha256_file,
 )
+from icv_deploy.errors import IcvError
 
 
 def source_hash(model_dir: Path) -> str:
@@ -57,3 +59,35 @@ def write_manifest(path: Path, manifest: dict) -> None:
     from icv_deploy.atomic import write_json
 
     write_json(path, manifest)
+
+
+def resume_export(output: Path, state: dict, state_name: str, same_keys, finished_file: str, fmt: str, tool: str) -> dict:
+    """What an interrupted earlier export into `output` left to reuse: its state file's contents when its `same_keys`
+    equal `state`'s, with `done` trimmed to the submodels whose `<name>/<finished_file>` exists; else {}.
+
+    Refuses to write into a folder that is not an export of ours. A finished export of ours (a manifest of format
+    `fmt`) loses its manifest first, so that a crash half-way never leaves old and new models looking complete."""
+    if not output.exists():
+        output.mkdir(parents=True)
+        return {}
+    if not output.is_dir():
+        raise IcvError(f"output {output}: exists and is not a folder")
+    if (output / state_name).exists():
+        try:
+            previous = json.loads((output / state_name).read_text())
+        except ValueError:
+            return {}  # a state file cut short: start over
+        if not all(previous.get(k) == state.get(k) for k in same_keys):
+            return {}
+        done = {k: v for k, v in previous.get("done", {}).items() if (output / k / finished_file).exists()}
+        return {**previous, "done": done}
+    try:
+        ours = json.loads((output / MANIFEST_NAME).read_text()).get("format") == fmt
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if ours:
+        (output / MANIFEST_NAME).unlink()
+        return {}
+    if not any(output.iterdir()):
+        return {}
+    raise IcvError(f"output {output}: folder exists, is not empty and is not an `{tool}` folder: choose another")

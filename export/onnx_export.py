@@ -25,7 +25,6 @@ renamed when complete, and an interrupted export resumes from the finished submo
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import time
@@ -46,6 +45,9 @@ from . import optimize, verify
 from .submodels import SUBMODEL_NAMES, load_module, source_folder, submodels
 
 STATE_NAME = ".icv-export-state.json"
+# An interrupted export resumes only with the same source and options: a different VAE choice, say, would mix
+# full-VAE and tiny-VAE graphs in one folder.
+RESUME_KEYS = ("source_hash", "opset", "precision", "external_data_threshold", "vae")
 OPSETS = range(17, 21)
 
 
@@ -80,7 +82,7 @@ def export_onnx(model, output, opset: int = 17, fp16: bool = False, device: str 
         "source_model": str(model), "source_hash": mf.source_hash(model_dir), "opset": opset,
         "precision": precision, "external_data_threshold": external_data_threshold, "vae": vae, "done": {},
     }
-    state["done"] = _resume_state(output, state)
+    state["done"] = mf.resume_export(output, state, STATE_NAME, RESUME_KEYS, "model.onnx", mf.FORMAT, "icv-export").get("done", {})
     mult = size_multiple(model_dir)
     specs = submodels(info)
 
@@ -185,35 +187,6 @@ def _export_one(model_dir, output, sub, info, mult, opset, precision, device, ch
         return entry
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _resume_state(output: Path, state: dict) -> dict:
-    """Submodels finished by an earlier run with the same source and options; refuse to clobber foreign folders."""
-    if not output.exists():
-        output.mkdir(parents=True)
-        return {}
-    if not output.is_dir():
-        raise IcvError(f"output {output}: exists and is not a folder")
-    previous_path = output / STATE_NAME
-    if previous_path.exists():
-        try:
-            previous = json.loads(previous_path.read_text())
-        except ValueError:
-            previous = {}  # a state file cut short: start over
-        previous.setdefault("vae", "full")  # state files from before the tiny VAE: always the full one
-        # A different VAE choice must not resume: it would mix full-VAE and tiny-VAE graphs in one folder.
-        same = all(previous.get(k) == state[k] for k in ("source_hash", "opset", "precision", "external_data_threshold", "vae"))
-        if same:
-            return {k: v for k, v in previous.get("done", {}).items() if (output / k / "model.onnx").exists()}
-        return {}
-    if (output / mf.MANIFEST_NAME).exists():
-        # A finished export of ours, overwritten: drop its manifest first, so that a crash half-way never leaves
-        # a folder of old and new graphs that still looks complete to the runtime.
-        (output / mf.MANIFEST_NAME).unlink()
-        return {}
-    if not any(output.iterdir()):
-        return {}
-    raise IcvError(f"output {output}: folder exists, is not empty and is not an icv-export folder: choose another")
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

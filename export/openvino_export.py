@@ -20,7 +20,6 @@ manifest is written last, so a folder without one is never taken for a finished 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import shutil
@@ -35,6 +34,7 @@ from icv_deploy.backends.onnx_backend import COPIED_FILES, COPIED_FOLDERS, MANIF
 from icv_deploy.errors import IcvError
 
 from . import calibration
+from . import manifest as mf
 from .manifest import plain_file_entry, sha256_file, write_manifest
 from .onnx_export import _copy_tree
 
@@ -131,7 +131,10 @@ def export_openvino(onnx_dir, output, precision: str = "bf16", calibration_image
                                 "instructions": list(calibration_instructions), "steps": calibration_steps,
                                 "seeds": list(calibration.CALIBRATION_SEEDS), "resolution": calibration_resolution
                                 if calibration_resolution is not ... else "the model's default"}
-    state["done"] = _resume_state(output, state)
+    previous = mf.resume_export(output, state, STATE_NAME, ("source_onnx_manifest", "precision", "calibration"),
+                                ovb.IR_FILE, ovb.FORMAT, "icv-export openvino")
+    state["done"] = previous.get("done", {})
+    state.update({k: previous[k] for k in ("quantization",) if k in previous})
     core = ov.Core()
     compress = precision != "f32"
     names = progress(SUBMODEL_NAMES, desc="openvino") if progress else SUBMODEL_NAMES
@@ -197,35 +200,3 @@ def _save_submodel(ov, model, config_json: Path, output: Path, name: str, compre
         os.replace(work, output / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _resume_state(output: Path, state: dict) -> dict:
-    """Submodels an earlier run finished from the same ONNX folder and settings; refuse to clobber foreign folders."""
-    if not output.exists():
-        output.mkdir(parents=True)
-        return {}
-    if not output.is_dir():
-        raise IcvError(f"output {output}: exists and is not a folder")
-    if (output / STATE_NAME).exists():
-        try:
-            previous = json.loads((output / STATE_NAME).read_text())
-        except ValueError:
-            previous = {}  # a state file cut short: start over
-        if all(previous.get(k) == state.get(k) for k in ("source_onnx_manifest", "precision", "calibration")):
-            state.update({k: previous[k] for k in ("quantization",) if k in previous})
-            return {k: v for k, v in previous.get("done", {}).items() if (output / k / ovb.IR_FILE).exists()}
-        return {}
-    if _format_of(output / MANIFEST_NAME) == ovb.FORMAT:
-        (output / MANIFEST_NAME).unlink()  # a finished export of ours, overwritten: never leave old and new models
-        return {}                          # looking complete
-    if not any(output.iterdir()):
-        return {}
-    raise IcvError(f"output {output}: folder exists, is not empty and is not an `icv-export openvino` folder: "
-                   "choose another")
-
-
-def _format_of(manifest: Path) -> str | None:
-    try:
-        return json.loads(manifest.read_text()).get("format")
-    except (OSError, ValueError, AttributeError):
-        return None

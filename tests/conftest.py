@@ -49,3 +49,35 @@ def scene_image():
     img[30:50, 20:45] = (200, 40, 40)
     noise = rng.integers(-12, 13, img.shape)
     return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def demo_assets(tmp_path, monkeypatch, tiny_model):
+    """A stand-in for icv_deploy/assets/: `demo` is the tiny random model, `demo-1step` is not shipped; no $ICV_MODEL."""
+    from icv_deploy import model_files
+
+    folder = tmp_path / "assets"
+    folder.mkdir()
+    (folder / "demo").symlink_to(tiny_model, target_is_directory=True)
+    monkeypatch.setattr(model_files, "BUNDLED_DIR", folder)
+    monkeypatch.delenv("ICV_MODEL", raising=False)
+    return folder
+
+
+@pytest.fixture
+def interrupt_onnx_export_at(monkeypatch):
+    """interrupt_onnx_export_at(name): `icv-export onnx` is interrupted (KeyboardInterrupt) when it reaches submodel
+    `name`; call it with None to let exports run again."""
+    from icv_deploy.export import onnx_export
+
+    real = onnx_export._export_one
+
+    def interrupt_at(name):
+        def export_one(model_dir, output, sub, *args):
+            if sub.name == name:
+                raise KeyboardInterrupt
+            return real(model_dir, output, sub, *args)
+
+        monkeypatch.setattr(onnx_export, "_export_one", real if name is None else export_one)
+
+    return interrupt_at

@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 import icv_deploy
-from icv_deploy import model_files
 from icv_deploy.cli import main as infer_main
 from icv_deploy.errors import ModelFilesError
 from icv_deploy.model_files import resolve_model
@@ -25,14 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def assets(tmp_path, monkeypatch, tiny_model):
-    """A stand-in for icv_deploy/assets/: `demo` is the tiny random model, `demo-1step` is not shipped."""
-    folder = tmp_path / "assets"
-    folder.mkdir()
-    (folder / "demo").symlink_to(tiny_model, target_is_directory=True)
-    monkeypatch.setattr(model_files, "BUNDLED_DIR", folder)
-    monkeypatch.delenv("ICV_MODEL", raising=False)
-    return folder
+def assets(demo_assets):
+    return demo_assets
 
 
 @pytest.fixture

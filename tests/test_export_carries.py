@@ -107,19 +107,11 @@ def test_engine_folders_carry_the_settings(fake_tensorrt, small_vocab_onnx, tmp_
         check_engine_folder(out)
 
 
-def test_a_retrained_checkpoint_of_the_same_size_never_resumes_stale_graphs(tiny_model, tmp_path, monkeypatch):
-    from icv_deploy.export import onnx_export
+def test_a_retrained_checkpoint_of_the_same_size_never_resumes_stale_graphs(tiny_model, tmp_path, interrupt_onnx_export_at):
 
     model = shutil.copytree(tiny_model, tmp_path / "model")
     out = tmp_path / "onnx"
-    real = onnx_export._export_one
-
-    def crash_on_vae_encoder(model_dir, output, sub, *args):
-        if sub.name == "vae_encoder":
-            raise KeyboardInterrupt
-        return real(model_dir, output, sub, *args)
-
-    monkeypatch.setattr(onnx_export, "_export_one", crash_on_vae_encoder)
+    interrupt_onnx_export_at("vae_encoder")
     with pytest.raises(KeyboardInterrupt):
         export_onnx(model, out, check=False, log=lambda *_: None)
     stale = (out / "unet" / "model.onnx").read_bytes()
@@ -135,7 +127,7 @@ def test_a_retrained_checkpoint_of_the_same_size_never_resumes_stale_graphs(tiny
         data[middle + 4 * k + 3] ^= 0x80
     weights.write_bytes(bytes(data))
 
-    monkeypatch.setattr(onnx_export, "_export_one", real)
+    interrupt_onnx_export_at(None)
     messages = []
     export_onnx(model, out, check=False, log=messages.append)
     assert not [m for m in messages if "already exported, kept" in m]

@@ -146,13 +146,14 @@ def test_export_refuses_a_foreign_non_empty_output(tiny_model, tmp_path):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(IcvError, match="not an icv-export folder"):
+    with pytest.raises(IcvError, match="not an `icv-export` folder"):
         export_onnx(tiny_model, tmp_path / "out")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow
-def test_failed_verification_keeps_nothing_and_resume_skips_finished_parts(tiny_model, tmp_path, monkeypatch):
+def test_failed_verification_keeps_nothing_and_resume_skips_finished_parts(tiny_model, tmp_path, monkeypatch,
+                                                                           interrupt_onnx_export_at):
     from icv_deploy.export import onnx_export, verify
 
     out = tmp_path / "out"
@@ -162,19 +163,12 @@ def test_failed_verification_keeps_nothing_and_resume_skips_finished_parts(tiny_
     assert not (out / "text_encoder").exists() and not (out / "manifest.json").exists()
 
     monkeypatch.setitem(verify.BOUNDS, "fp32", 1e-4)
-    real = onnx_export._export_one
-
-    def crash_on_vae_encoder(model_dir, output, sub, *args):
-        if sub.name == "vae_encoder":
-            raise KeyboardInterrupt
-        return real(model_dir, output, sub, *args)
-
-    monkeypatch.setattr(onnx_export, "_export_one", crash_on_vae_encoder)
+    interrupt_onnx_export_at("vae_encoder")
     with pytest.raises(KeyboardInterrupt):
         onnx_export.export_onnx(tiny_model, out, log=lambda *_: None)
     assert (out / "unet" / "model.onnx").exists() and not (out / "vae_encoder").exists()
 
-    monkeypatch.setattr(onnx_export, "_export_one", real)
+    interrupt_onnx_export_at(None)
     messages = []
     manifest = onnx_export.export_onnx(tiny_model, out, log=messages.append)
     assert "text_encoder: already exported, kept" in messages and "unet: already exported, kept" in messages

@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -145,18 +144,6 @@ def test_contact_sheet_rows_are_images_columns_are_instructions():
     extra = warned.shape[0] - sheet.shape[0]
     assert extra > 30 and np.array_equal(warned[extra:], sheet)
     assert np.all(warned[:extra] == (200, 0, 0), axis=2).sum() > warned.shape[1] * 10
-
-
-@pytest.fixture
-def demo_assets(tmp_path, monkeypatch, tiny_model):
-    from icv_deploy import model_files
-
-    folder = tmp_path / "assets"
-    folder.mkdir()
-    (folder / "demo").symlink_to(tiny_model, target_is_directory=True)
-    monkeypatch.setattr(model_files, "BUNDLED_DIR", folder)
-    monkeypatch.delenv("ICV_MODEL", raising=False)
-    return folder
 
 
 def test_icv_demo_writes_results_and_a_contact_sheet(demo_assets, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import os
 import shutil
 import signal
 import subprocess

@@ -112,19 +112,30 @@ def check_onnx_folder(folder, precision: str | None = None, verify_hashes: bool 
     """Return the manifest of an ONNX folder, or raise ModelFilesError naming the first thing that does not match."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    path = folder / MANIFEST_NAME
-    if manifest.get("format") != FORMAT:
-        raise ModelFilesError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelFilesError(f"{path}: format version {manifest.get('format_version')}, this runtime reads version "
-                              f"{FORMAT_VERSION}: re-export with this version of icv-export")
-    if manifest.get("precision") not in PRECISIONS:
-        raise ModelFilesError(f"{path}: unknown precision {manifest.get('precision')!r}")
+    check_exported_folder(folder, manifest, FORMAT, FORMAT_VERSION, PRECISIONS, "icv-export", verify_hashes)
     if precision is not None and manifest["precision"] != precision:
         raise ModelFilesError(f"{folder}: the graphs are {manifest['precision']}, {precision} was asked for "
                               f"(export with{'' if precision == 'fp16' else 'out'} --fp16, or ask for {manifest['precision']})")
+    for name in SUBMODEL_NAMES:
+        entry = manifest["submodels"][name]
+        check_files(folder, [entry] + ([entry["external_data"]] if entry.get("external_data") else []), verify_hashes)
+    return manifest
+
+
+def check_exported_folder(folder: Path, manifest: dict, fmt: str, version: int, precisions, tool: str,
+                          verify_hashes: bool = False) -> None:
+    """What ONNX and OpenVINO folders share: format, version, precision, I/O type, VAE kind, an 8-channel UNet,
+    every submodel listed with the inputs and outputs this runtime feeds, the copied folders and files."""
+    path = folder / MANIFEST_NAME
+    if manifest.get("format") != fmt:
+        raise ModelFilesError(f"{path}: format {manifest.get('format')!r}, expected {fmt!r}")
+    if manifest.get("format_version") != version:
+        raise ModelFilesError(f"{path}: format version {manifest.get('format_version')}, this runtime reads version "
+                              f"{version}: re-export with this version of `{tool}`")
+    if manifest.get("precision") not in precisions:
+        raise ModelFilesError(f"{path}: unknown precision {manifest.get('precision')!r}")
     if manifest.get("io_dtype") != IO_DTYPE:
-        raise ModelFilesError(f"{folder}: graph I/O type {manifest.get('io_dtype')!r}, this runtime feeds {IO_DTYPE}")
+        raise ModelFilesError(f"{folder}: model I/O type {manifest.get('io_dtype')!r}, this runtime feeds {IO_DTYPE}")
     if folder_vae(manifest) not in VAE_KINDS:
         raise ModelFilesError(f"{path}: unknown vae {folder_vae(manifest)!r}, this runtime knows {', '.join(VAE_KINDS)}")
     info = info_from_manifest(manifest, folder)
@@ -134,19 +145,17 @@ def check_onnx_folder(folder, precision: str | None = None, verify_hashes: bool 
     expected = graph_io(info)
     entries = manifest.get("submodels") or {}
     for name in SUBMODEL_NAMES:
-        if name not in entries:
+        entry = entries.get(name)
+        if not isinstance(entry, dict):
             raise ModelFilesError(f"{folder}: {MANIFEST_NAME} lists no {name}")
-        entry = entries[name]
         for key, specs in zip(("inputs", "outputs"), expected[name]):
             if entry.get(key) != specs:
                 raise ModelFilesError(f"{folder}: {name} {key} {_brief(entry.get(key))} do not match what this "
                                       f"runtime feeds {_brief(specs)}")
-        check_files(folder, [entry] + ([entry["external_data"]] if entry.get("external_data") else []), verify_hashes)
     for sub in COPIED_FOLDERS:
         if not (folder / sub).is_dir():
             raise ModelFilesError(f"{folder}: missing the {sub}/ folder")
     check_files(folder, manifest.get("copied_files") or [], verify_hashes)
-    return manifest
 
 
 def check_files(folder: Path, files: list[dict], verify_hashes: bool = False) -> None:
