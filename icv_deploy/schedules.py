@@ -48,11 +48,27 @@ def training_alphas_cumprod(config: dict) -> torch.Tensor:
         betas = torch.linspace(start, end, T, dtype=torch.float32)
     else:
         raise ValueError(f"unsupported beta_schedule {kind!r}")
+    if config.get("rescale_betas_zero_snr"):
+        betas = zero_terminal_snr(betas)
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024 (Algorithm 1), as diffusers' `rescale_betas_zero_snr`: shift and scale sqrt(alpha-bar) so
+    that the last timestep keeps none of the signal (pure noise) and the first is unchanged."""
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    alphas_cumprod = root**2
+    alphas = torch.cat([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return 1 - alphas
 
 
 def training_sigmas(config: dict) -> np.ndarray:
     ac = training_alphas_cumprod(config)
+    if config.get("rescale_betas_zero_snr"):
+        # diffusers' Euler and DPM-Solver schedulers: close to 0 without being 0, so the first sigma is finite
+        ac[-1] = 2**-24
     return np.array(((1 - ac) / ac) ** 0.5)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -101,6 +102,39 @@ def tiny_model_v(tiny_model, tmp_path_factory):
     path = out / "scheduler" / "scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_zsnr(tiny_model, tmp_path_factory):
+    """v prediction on a zero-terminal-SNR schedule with trailing spacing, as the demo model's scheduler config."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("models") / "tiny-zsnr"
+    shutil.copytree(tiny_model, out)
+    path = out / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction",
+                                "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}))
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "euler"])
+def test_zero_terminal_snr_matches_diffusers(tiny_model_zsnr, scene_image, sampler):
+    """The schedule's last timestep is pure noise (sigma finite only by diffusers' 2**-24 floor) and the runtime
+    samples it as diffusers' Euler schedulers do."""
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    from icv_deploy.schedules import training_alphas_cumprod
+
+    config = json.loads((tiny_model_zsnr / "scheduler" / "scheduler_config.json").read_text())
+    assert training_alphas_cumprod(config)[-1] == 0
+    pipe = icv_deploy.load(tiny_model_zsnr)
+    pipe.progress = False
+    res = pipe(scene_image, "Segment the red box", steps=4, sampler=sampler, seed=4, resolution=None)
+    scheduler = EulerAncestralDiscreteScheduler if sampler == "euler_a" else EulerDiscreteScheduler
+    ref = diffusers_visual(tiny_model_zsnr, scene_image, "Segment the red box", steps=4, seed=4, scheduler=scheduler)
+    assert np.abs(res.visual.astype(np.float64) - ref).max() <= 2.0
+    assert res.visual.std() > 5
 
 
 @pytest.mark.parametrize("case", ["euler_a-leading", "euler_a-trailing", "euler_a-v_prediction", "lcm-1", "lcm-4"])

@@ -7,8 +7,9 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
     2. data       icv-data build  --prompts rephrased --size 128         (all four tasks, balanced)
     3. vae        icv-train-vae   --config demo-vae                      (AutoencoderKL, scale factor 4)
     4. decoder    icv-train-vae   --config demo-vae-decoder              (its decoder alone: outlines, colours)
-    5. unet       icv-train       --config demo --resume latest          (UNet + CLIP text encoder from scratch)
-    6. install    the model folder into icv_deploy/assets/demo           (UNet and VAE weights stored as fp16)
+    5. outlines   icv-train-vae   --config demo-vae-outlines             (the decoder again, heavier outline weight)
+    6. unet       icv-train       --config demo --resume latest          (UNet + CLIP text encoder from scratch)
+    7. install    the model folder into icv_deploy/assets/demo           (UNet and VAE weights stored as fp16)
 Status (2026-11-30, first full run): every stage runs and resumes, but the model it makes does not yet follow
 instructions: after 2250 UNet steps (36 min) it paints a task-averaged picture whatever it is asked (held-out,
 6 queries per task, 128 px, dpmpp_2m 10 steps: mIoU 0.01-0.06, mAP@0.5 0, AbsRel 0.32, accuracy 0.67-1.0), so
@@ -49,8 +50,12 @@ def install(model: Path, name: str, extra_config: dict) -> Path:
 
     from icv_deploy.atomic import atomic_dir, write_json
 
+    card = ASSETS / name / "MODEL_CARD.md"  # written from measurements (icv-eval, benchmarks/steps.py); kept
+    card_text = card.read_text() if card.exists() else None
     with atomic_dir(ASSETS / name) as tmp:
         shutil.copytree(model, tmp, dirs_exist_ok=True)
+        if card_text is not None:
+            (tmp / card.name).write_text(card_text)
         for part in FP16_PARTS:
             for weights in (tmp / part).glob("*.safetensors"):
                 tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
@@ -76,6 +81,9 @@ def run_recipe(work: Path, install_as: str | None) -> Path:
                                                                  "mixed_precision": precision}), resume="latest")
     vae = train_autoencoder(load_autoencoder_config("demo-vae-decoder", {
         "data": str(data), "output": str(work / "vae-decoder"), "init_from": str(vae), "mixed_precision": precision}),
+        resume="latest")
+    vae = train_autoencoder(load_autoencoder_config("demo-vae-outlines", {
+        "data": str(data), "output": str(work / "vae-outlines"), "init_from": str(vae), "mixed_precision": precision}),
         resume="latest")
     cfg = load_config("demo", {"data": str(data), "output": str(work / "unet"), "base_vae": str(vae),
                                "mixed_precision": precision})

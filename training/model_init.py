@@ -74,8 +74,10 @@ def make_random_base(kind: str, folder: Path, seed: int = 0, architecture: dict 
 
 
 def make_scratch_model(folder: Path, architecture: dict, vae_folder: Path, seed: int) -> Path:
-    """A random UNet and text encoder (from `architecture`) around a trained VAE, saved as a diffusers folder."""
-    from diffusers import AutoencoderKL
+    """A random UNet and text encoder (from `architecture`) around a trained VAE, saved as a diffusers folder.
+
+    `architecture` may hold a `scheduler` section (e.g. prediction_type: v_prediction) over the SD 1.5 scheduler."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler
 
     from icv_deploy.testing import build_pipeline
 
@@ -85,6 +87,9 @@ def make_scratch_model(folder: Path, architecture: dict, vae_folder: Path, seed:
     vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
     pipe = build_pipeline(architecture["unet"], vae_config, architecture["text_encoder"], seed=seed)
     pipe.register_modules(vae=vae)  # the trained VAE in place of the random one built beside it
+    if architecture.get("scheduler"):
+        pipe.register_modules(scheduler=EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                                    **architecture["scheduler"]))
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
