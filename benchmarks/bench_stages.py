@@ -4,7 +4,8 @@ Stages (each timed `repeats` times after one warm-up call, reported as median an
     text            tokenize + text encoder for the K instructions (the empty-prompt embedding is cached by the
                     pipeline after its first call, as in a warm service)
     vae_encoder     the image latent (once per image, whatever K)
-    unet_step       one guided step: the UNet on a batch of 3K plus the guidance arithmetic (a one-pass model,
+    unet_step       one step at the model's guidance scales: the UNet on a batch of 3K plus the guidance arithmetic
+                    (K rows when both scales are 1; a one-pass model,
                     pipe.one_pass set: its single UNet call of batch K, which is the whole sampling)
     sampler         everything in `pipeline.sample` except the UNet itself, for the whole call (schedule,
                     per-instruction noise generators, guidance batch, sampler updates): measured by running the
@@ -183,14 +184,14 @@ def prepare_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: in
     len(instructions) instructions on one image, and warm up the two calls that `interleaved_rounds` times.
     Peak memory covers all of it, one end-to-end call included."""
     from icv_deploy import images as imgs
-    from icv_deploy.guidance import GuidedDenoiser, guidance_batch
+    from icv_deploy.guidance import GuidedDenoiser, guidance_batch, is_unguided
     from icv_deploy.sampling import SAMPLERS
     from icv_deploy.schedules import make_schedule
 
     backend = pipe.backend
     sync = synchronizer(backend.device)
     pipe.progress = False
-    gs, igs = 7.5, 1.5
+    gs, igs = pipe.defaults["guidance_scale"], pipe.defaults["image_guidance_scale"]  # the model's (icv_config.json)
     timings: dict[str, Timing] = {}
     memory = PeakMemory(backend.device)
     with memory:
@@ -208,7 +209,7 @@ def prepare_pipeline(pipe, image: np.ndarray, instructions: list[str], steps: in
         else:
             sample_fn, spacing = SAMPLERS[sampler]
             schedule = make_schedule(pipe.scheduler_config, steps, spacing)
-            text_batch, image_batch = guidance_batch(text_emb, empty_emb, image_latents)
+            text_batch, image_batch = guidance_batch(text_emb, empty_emb, image_latents, guided=not is_unguided(gs, igs))
             denoiser = GuidedDenoiser(backend.predict_noise, schedule, text_batch, image_batch, gs, igs)
             x = torch.randn((k, c, h, w), generator=torch.Generator().manual_seed(seed)).to(backend.device) * schedule.init_sigma
 

@@ -161,8 +161,11 @@ def test_overfit_then_resume_reproduces_the_loss_curve(data_dir, tmp_path, one_t
 
     raw = load_file(output / "checkpoints" / "checkpoint-120" / "model.safetensors")
     assert not torch.equal(saved.conv_in.weight, raw["conv_in.weight"])
-    ema_state = torch.load(output / "checkpoints" / "checkpoint-120" / "custom_checkpoint_0.pkl", weights_only=False)
-    shadow = ema_state["shadow_params"]
+    checkpoint = output / "checkpoints" / "checkpoint-120"
+    # The EMAs as safetensors, not accelerate's custom-object pickles (read with weights_only=False; DESIGN.md 10)
+    assert not list(checkpoint.glob("custom_checkpoint_*"))
+    ema_file = load_file(checkpoint / "ema_0.safetensors")
+    shadow = [ema_file[name] for name in sorted(ema_file)]
     assert len(shadow) == len(list(saved.parameters()))
     assert all(torch.equal(p, s.cpu()) for p, s in zip(saved.parameters(), shadow))
 

@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     from tqdm.auto import tqdm
 
     from .model_init import load_training_models
-    from .train_checkpoints import find_resume_checkpoint, read_state, save_checkpoint
+    from .train_checkpoints import find_resume_checkpoint, load_checkpoint, save_checkpoint
     from .train_data import EpochShuffleSampler, InstructionExamples, open_dataset, tokenize, validation_indices
     from .train_validation import build_pipeline, predict_grid, save_grid
 
@@ -159,15 +159,13 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     ema = ema_text = None
     if cfg.use_ema:
         ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+        ema.to(accelerator.device)  # saved and restored by train_checkpoints as safetensors, not pickles
         if cfg.train_text_encoder:  # the UNet's averaged weights are paired with the text encoder's averaged ones
             from transformers import CLIPTextModel
 
             ema_text = EMAModel(text_encoder.parameters(), decay=cfg.ema_decay, model_cls=CLIPTextModel,
                                 model_config=text_encoder.config)
             ema_text.to(accelerator.device)
-            accelerator.register_for_checkpointing(ema_text)
 
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -203,14 +201,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         null_text = null_text_embedding()
 
     step = 0
+    losses_file = output / "logs" / "losses.jsonl"
     checkpoint = find_resume_checkpoint(output / "checkpoints", resume)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = read_state(checkpoint)
+        state = load_checkpoint(accelerator, checkpoint, averages=(ema, ema_text), log_file=losses_file)
         step = state["step"]
-        for averaged in (ema, ema_text):
-            if averaged is not None:
-                averaged.to(accelerator.device)  # accelerate loads custom states onto the CPU
         if state.get("updates_per_epoch", updates_per_epoch) != updates_per_epoch:
             logger.warning("the data or batch size changed since %s: the data order will differ", checkpoint)
         accelerator.print(f"resumed from {checkpoint} at step {step}")
@@ -221,7 +216,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         scalars = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
         accelerator.init_trackers("icv-train", config=scalars)
     pictures = validation_indices(rows, cfg.validation_per_task)
-    losses_file = output / "logs" / "losses.jsonl"
 
     def validate():
         if not accelerator.is_main_process:
@@ -290,7 +284,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                         fh.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
                                              "processes": processes, "time": round(time.time() - started, 3)}) + "\n")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, output / "checkpoints", step, state, cfg.checkpoints_keep)
+                save_checkpoint(accelerator, output / "checkpoints", step, state, cfg.checkpoints_keep, (ema, ema_text))
             if cfg.validation_every and step % cfg.validation_every == 0:
                 validate()  # main process only; the others wait here
                 accelerator.wait_for_everyone()
@@ -299,7 +293,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     progress.close()
     if step > start_step:  # this run trained: a last checkpoint and a last grid
         if cfg.checkpoint_every and step % cfg.checkpoint_every:
-            save_checkpoint(accelerator, output / "checkpoints", step, state, cfg.checkpoints_keep)
+            save_checkpoint(accelerator, output / "checkpoints", step, state, cfg.checkpoints_keep, (ema, ema_text))
         if not cfg.validation_every or step % cfg.validation_every:
             validate()
     result.step = step

@@ -1,0 +1,113 @@
+"""The bundled demo model (icv_deploy/assets/demo, trained by training/demo_recipe.py): what ships, that it answers
+right on scenes it never saw, and that every backend gives the same answers.
+
+The held-out scenes are rendered here with `icv-data synth --seed 1` (training used seed 0). Thresholds sit a little
+under the figures of icv_deploy/assets/demo/MODEL_CARD.md, so a regression anywhere in the chain (data, encodings,
+runtime, samplers, decoders, metrics, export) fails; the card has the full-size figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import icv_deploy
+from icv_deploy.model_files import BUNDLED_DIR
+
+DEMO = BUNDLED_DIR / "demo"
+SCENES = 12  # about 100 queries over the four tasks: about a minute on 2 CPU cores
+# Floors for SCENES held-out scenes at the model's default setting, a little under what MODEL_CARD.md reports for
+# 60 queries per task (mIoU 0.12, AbsRel 0.12). Random weights score mIoU ~0.01 and AbsRel 0.3-0.5. Detection
+# (mAP 0) and classification (accuracy at chance) are not yet learnt (issue 12), so no floor would mean anything.
+FLOORS = {"segmentation": ("miou", 0.06), "depth": ("abs_rel", 0.17)}
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    from icv_deploy.training.synthetic import write_scenes
+
+    return write_scenes(tmp_path_factory.mktemp("demo-heldout") / "scenes", SCENES, seed=1, size=128, progress=False)
+
+
+@pytest.fixture(scope="module")
+def scene(heldout) -> np.ndarray:
+    return np.asarray(Image.open(next(iter(sorted((Path(heldout) / "rgb").iterdir())))).convert("RGB"))
+
+
+def test_the_shipped_folder_is_small_safetensors_and_trained():
+    files = [p for p in DEMO.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25 * 2**20
+    weights = [p for p in files if p.suffix in (".bin", ".safetensors", ".pt", ".ckpt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    config = json.loads((DEMO / "icv_config.json").read_text())
+    assert config["random_weights"] is False
+    assert {"sampler", "steps", "resolution"} <= set(config)
+    assert (DEMO / "MODEL_CARD.md").exists()
+    unet = json.loads((DEMO / "unet" / "config.json").read_text())
+    vae = json.loads((DEMO / "vae" / "config.json").read_text())
+    assert unet["in_channels"] == 8 and 2 ** (len(vae["block_out_channels"]) - 1) >= 4
+
+
+def test_diffusers_pipeline_loads_it_and_agrees_with_the_runtime(scene):
+    """diffusers' own StableDiffusionInstructPix2PixPipeline reads the folder as it is and paints what our runtime
+    paints (same sampler, seed and scales)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    ref = StableDiffusionInstructPix2PixPipeline.from_pretrained(DEMO, safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    instruction = "Create a monocular depth map"
+    expected = ref(instruction, image=Image.fromarray(scene), num_inference_steps=10,
+                   generator=torch.Generator().manual_seed(2), output_type="np").images[0] * 255.0
+    pipe = icv_deploy.load("demo")
+    pipe.progress = False
+    res = pipe(scene, instruction, steps=10, sampler="euler_a", seed=2, guidance_scale=7.5, image_guidance_scale=1.5,
+               resolution=None)
+    assert np.abs(res.visual.astype(np.float64) - expected).max() <= 2.0
+
+
+def heldout_metrics(heldout, out, prompts="rephrased", **options) -> dict:
+    from icv_deploy.training.evaluate import evaluate
+
+    return evaluate("demo", [f"synth:{heldout}"], out, prompts=prompts, examples=0, progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def default_metrics(heldout, tmp_path_factory):
+    return heldout_metrics(heldout, tmp_path_factory.mktemp("demo-eval"))
+
+
+@pytest.mark.parametrize("task", list(FLOORS))
+def test_it_answers_right_on_heldout_scenes(default_metrics, task):
+    name, floor = FLOORS[task]
+    value = default_metrics["results"][task]["synth"][name]
+    assert (value <= floor) if name == "abs_rel" else (value >= floor), (task, name, value)
+
+
+def test_onnx_export_gives_the_same_answers(scene, tmp_path):
+    from icv_deploy.export.onnx_export import export_onnx
+
+    export_onnx("demo", tmp_path / "onnx", log=lambda *_: None)
+    runs = {}
+    instructions = ["Segment the ball", "Detect the cube", "Create a monocular depth map",
+                    "Show blue if the picture has a cone, otherwise show black"]
+    for engine, model in (("torch", "demo"), ("onnx", tmp_path / "onnx")):
+        pipe = icv_deploy.load(model, engine=engine)
+        pipe.progress = False
+        runs[engine] = pipe.run_many(scene, instructions, seed=0)
+    for torch_res, onnx_res in zip(runs["torch"], runs["onnx"]):
+        assert torch_res.task == onnx_res.task
+        assert np.abs(torch_res.visual.astype(int) - onnx_res.visual.astype(int)).mean() < 1.0
+        if torch_res.mask is not None:
+            union = (torch_res.mask | onnx_res.mask).sum()
+            assert union == 0 or (torch_res.mask & onnx_res.mask).sum() / union > 0.97
+        if torch_res.boxes is not None:
+            assert len(torch_res.boxes) == len(onnx_res.boxes)
+            np.testing.assert_allclose(torch_res.boxes, onnx_res.boxes, atol=2.0)
+        if torch_res.depth is not None:
+            assert np.abs(torch_res.depth - onnx_res.depth).mean() / torch_res.depth.mean() < 0.01
+        assert torch_res.present == onnx_res.present
