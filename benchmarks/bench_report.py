@@ -12,7 +12,7 @@ from bench_stages import STAGES, Timing, outside_unet_fraction, paired_ratio
 PAPER_SETTING = {"gpu": "A100", "steps": PAPER_STEPS, "sampler": "euler_a", "resolution": 256, "batch_instructions": 1}
 
 STAGE_LABELS = {
-    "text": "tokenize + text encoder", "vae_encoder": "VAE encoder", "unet_step": "guided UNet step (batch 3K)",
+    "text": "tokenize + text encoder", "vae_encoder": "VAE encoder", "unet_step": "UNet step (batch 3K; K at guidance 1 / 1)",
     "sampler": "sampler overhead (whole call)", "vae_decoder": "VAE decoder", "postprocess": "postprocessing",
     "end_to_end": "end to end",
 }
