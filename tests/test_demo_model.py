@@ -71,15 +71,12 @@ def test_diffusers_pipeline_loads_it_and_agrees_with_the_runtime(scene):
     assert np.abs(res.visual.astype(np.float64) - expected).max() <= 2.0
 
 
-def heldout_metrics(heldout, out, prompts="rephrased", **options) -> dict:
-    from icv_deploy.training.evaluate import evaluate
-
-    return evaluate("demo", [f"synth:{heldout}"], out, prompts=prompts, examples=0, progress=False, **options)
-
-
 @pytest.fixture(scope="module")
 def default_metrics(heldout, tmp_path_factory):
-    return heldout_metrics(heldout, tmp_path_factory.mktemp("demo-eval"))
+    from icv_deploy.training.evaluate import evaluate
+
+    return evaluate("demo", [f"synth:{heldout}"], tmp_path_factory.mktemp("demo-eval"), prompts="rephrased",
+                    examples=0, progress=False)
 
 
 @pytest.mark.parametrize("task", list(FLOORS))

@@ -65,7 +65,7 @@ class FakeInstructPix2Pix:
     vae = SimpleNamespace(dtype=__import__("torch").float32)
 
     def set_progress_bar_config(self, **_):
-        pass
+        return None  # the fake has no progress bar to configure
 
     def __call__(self, prompt, image, **_):
         return SimpleNamespace(images=[Image.fromarray(solid((10, 20, 200), *image.size[::-1]))])

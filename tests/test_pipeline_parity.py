@@ -91,31 +91,28 @@ def test_dpmpp_2m_close_to_diffusers_dpmsolver(tiny_model, scene_image):
     assert diff.mean() < 1.0 and diff.max() <= 8.0
 
 
-@pytest.fixture(scope="module")
-def tiny_model_v(tiny_model, tmp_path_factory):
-    """The tiny model with a v-prediction scheduler config (the weights do not care; both pipelines read it)."""
-    import json
+def with_scheduler(tiny_model, tmp_path_factory, name: str, **settings):
+    """A copy of the tiny model whose scheduler config has `settings` (the weights do not care; both pipelines read
+    the config)."""
     import shutil
 
-    out = tmp_path_factory.mktemp("models") / "tiny-v"
+    out = tmp_path_factory.mktemp("models") / name
     shutil.copytree(tiny_model, out)
     path = out / "scheduler" / "scheduler_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction"}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **settings}))
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_v(tiny_model, tmp_path_factory):
+    return with_scheduler(tiny_model, tmp_path_factory, "tiny-v", prediction_type="v_prediction")
 
 
 @pytest.fixture(scope="module")
 def tiny_model_zsnr(tiny_model, tmp_path_factory):
     """v prediction on a zero-terminal-SNR schedule with trailing spacing, as the demo model's scheduler config."""
-    import json
-    import shutil
-
-    out = tmp_path_factory.mktemp("models") / "tiny-zsnr"
-    shutil.copytree(tiny_model, out)
-    path = out / "scheduler" / "scheduler_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "v_prediction",
-                                "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}))
-    return out
+    return with_scheduler(tiny_model, tmp_path_factory, "tiny-zsnr", prediction_type="v_prediction",
+                          rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
 @pytest.mark.parametrize("sampler", ["euler_a", "euler"])
