@@ -206,7 +206,8 @@ def write_plot(doc: dict, path) -> None:
         right.barh([e["engine"] for e in engines], widths, left=starts, label=label)
         starts = [a + b for a, b in zip(starts, widths)]
     right.set_xlabel("ms (stage medians)")
-    right.set_title(f"where the time goes ({steps} steps)")
+    one_pass = doc["settings"].get("sampler") == "one_pass"
+    right.set_title("where the time goes (one UNet pass)" if one_pass else f"where the time goes ({steps} steps)")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:

@@ -60,7 +60,7 @@ def test_icv_data_grid_frames_white_targets_and_labels_its_columns():
 
 # ---- training validation strips -------------------------------------------------------------------------------------
 class FakeInstructPix2Pix:
-    """What predict_grid calls on diffusers' pipeline: a call that returns an image, a VAE dtype, a progress switch."""
+    """What sampled_predictor calls on diffusers' pipeline: a call that returns an image, a VAE dtype, a progress switch."""
 
     vae = SimpleNamespace(dtype=__import__("torch").float32)
 
@@ -74,12 +74,12 @@ class FakeInstructPix2Pix:
 def test_validation_strip_is_labelled_and_readable():
     import torch
 
-    from icv_deploy.training.train_validation import COLUMNS, predict_grid
+    from icv_deploy.training.train_validation import COLUMNS, predict_grid, sampled_predictor
 
     rows = [{"input_image": Image.fromarray(solid((90, 140, 60), 40, 40)), "edited_image": Image.fromarray(solid(WHITE, 40, 40)),
              "edit_prompt": f"Segment the ball number {i}"} for i in range(2)]
-    grid = np.asarray(predict_grid(FakeInstructPix2Pix(), rows, [0, 1], resolution=32, steps=1, seed=0,
-                                   device=torch.device("cpu")))
+    predict = sampled_predictor(FakeInstructPix2Pix(), steps=1, seed=0, device=torch.device("cpu"))
+    grid = np.asarray(predict_grid(predict, rows, [0, 1], resolution=32))
     # 32-pixel tiles enlarged to TILE_HEIGHT: three columns side by side, two rows (plus labels and captions).
     assert grid.shape[1] >= 3 * TILE_HEIGHT and grid.shape[0] >= 2 * TILE_HEIGHT + 2 * 15
     assert np.all(grid == (10, 20, 200), axis=2).sum() == 2 * TILE_HEIGHT * TILE_HEIGHT  # the prediction, enlarged

@@ -64,6 +64,15 @@ class TrainConfig:
     # of at every step. Exact, but only flips survive as augmentation: needs resize_min == resize_max == resolution.
     cache_latents: bool = False
 
+    # The objective: "instruct_pix2pix" (noise a target latent, predict eps or v, sample at inference) or
+    # "one_pass" (training/one_pass_loss.py: a fixed timestep and input, the clean latent compared with the target,
+    # plus a loss on the decoded pixels; needs cache_latents). `one_pass` is the mode written to the model's
+    # icv_config.json (icv_deploy/one_pass.py: timestep, noise_input, prediction_type); `decoded_loss` the weights
+    # of one_pass_loss.DecodedLoss (weight, examples, outline_weight).
+    objective: str = "instruct_pix2pix"
+    one_pass: dict = field(default_factory=dict)
+    decoded_loss: dict = field(default_factory=dict)
+
     # Bookkeeping.
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = none)
     checkpoints_keep: int = 3
@@ -95,6 +104,10 @@ class TrainConfig:
             raise IcvError("base_model random needs architecture: {unet: {...}, text_encoder: {...}}")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise IcvError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.objective not in ("instruct_pix2pix", "one_pass"):
+            raise IcvError(f"objective must be instruct_pix2pix or one_pass, got {self.objective!r}")
+        if self.objective == "one_pass" and not self.cache_latents:
+            raise IcvError("objective one_pass trains on cached latents: set cache_latents: true")
         return self
 
     def to_dict(self) -> dict:

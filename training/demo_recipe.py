@@ -10,6 +10,9 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
     5. outlines   icv-train-vae   --config demo-vae-outlines             (the decoder again, heavier outline weight)
     6. unet       icv-train       --config demo --resume latest          (UNet + CLIP text encoder from scratch)
     7. install    the model folder into icv_deploy/assets/demo           (weights stored as fp16)
+    8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
+                                                                          fine-tuned from stage 6's model)
+`--one-step-only --install` runs stage 8 alone from the bundled demo model (how the shipped demo-1step was made).
 Status (2026-11-30): the shipped model follows instructions for depth (held-out AbsRel 0.12) and roughly for
 segmentation (mIoU 0.12); detection and classification are not learnt yet (icv_deploy/assets/demo/MODEL_CARD.md).
 Held-out scenes for the model card come from another seed (`icv-data synth --seed 1`), never from these.
@@ -63,17 +66,24 @@ def install(model: Path, name: str, extra_config: dict) -> Path:
     return ASSETS / name
 
 
-def run_recipe(work: Path, install_as: str | None) -> Path:
+def prepare_data(work: Path) -> Path:
+    """Stages 1 and 2: WORK/synth (scenes) and WORK/data (the training examples); returns WORK."""
     from .build import build
-    from .config import load_config
     from .synthetic import write_scenes
-    from .train import train
-    from .train_autoencoder import load_autoencoder_config, train_autoencoder
 
     scenes, data = work / "synth", work / "data"
     write_scenes(scenes, SCENES, seed=SEED, size=SIZE)
     if not (data / "dataset_info.json").exists():  # a finished build; an unfinished one resumes
         build([f"synth:{scenes}"], data, prompts="rephrased", seed=SEED, size=SIZE, workers=2)
+    return work
+
+
+def run_recipe(work: Path, install_as: str | None, one_step: bool = False) -> Path:
+    from .config import load_config
+    from .train import train
+    from .train_autoencoder import load_autoencoder_config, train_autoencoder
+
+    data = prepare_data(work) / "data"
     precision = "bf16" if cpu_has_amx() else "no"
     vae = train_autoencoder(load_autoencoder_config("demo-vae", {"data": str(data), "output": str(work / "vae"),
                                                                  "mixed_precision": precision}), resume="latest")
@@ -86,24 +96,50 @@ def run_recipe(work: Path, install_as: str | None) -> Path:
     cfg = load_config("demo", {"data": str(data), "output": str(work / "unet"), "base_vae": str(vae),
                                "mixed_precision": precision})
     result = train(cfg, resume="latest")
+    model = result.model_dir
     if install_as:
-        return install(result.model_dir, install_as, {"trained_with": "training/demo_recipe.py",
-                                                       "mixed_precision": cfg.mixed_precision})
-    return result.model_dir
+        model = install(model, install_as, {"trained_with": "training/demo_recipe.py", "mixed_precision": precision})
+    if one_step:
+        return run_one_step(work, model, install_as and f"{install_as}-1step", precision)
+    return model
+
+
+def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str) -> Path:
+    """Stage 8: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml)."""
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config("demo-1step", {"data": str(work / "data"), "output": str(work / "one-step"),
+                                     "base_model": str(base), "mixed_precision": precision})
+    model = train(cfg, resume="latest").model_dir
+    if install_as:
+        model = install(model, install_as, {"trained_with": "training/demo_recipe.py --one-step",
+                                            "mixed_precision": precision})
+    return model
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--work", type=click.Path(path_type=Path), default=Path("runs/demo"), help="Working folder of all stages.")
 @click.option("--install", "install_as", flag_value="demo", default=None,
               help="Replace the bundled demo model (icv_deploy/assets/demo) with the result.")
+@click.option("--one-step", is_flag=True,
+              help="Then fine-tune it into the one-pass model (stage 8, demo-1step; with --install, replace that too).")
+@click.option("--one-step-only", is_flag=True,
+              help="Only stage 8, from the bundled demo model (needs WORK/data from stage 2, which it builds if missing).")
 @debug_option
 @one_line_errors
-def main(work, install_as):
-    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder.
+def main(work, install_as, one_step, one_step_only):
+    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder (and, with
+    --one-step, the one-pass demo-1step from it).
 
     Resumes every stage; rerun the same command after an interruption.
     """
-    click.echo(f"model: {run_recipe(work, install_as)}")
+    if one_step_only:
+        model = run_one_step(prepare_data(work), "demo", install_as and f"{install_as}-1step",
+                             "bf16" if cpu_has_amx() else "no")
+    else:
+        model = run_recipe(work, install_as, one_step)
+    click.echo(f"model: {model}")
 
 
 if __name__ == "__main__":

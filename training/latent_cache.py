@@ -82,11 +82,14 @@ def load_or_build_cache(folder: Path, vae, rows, resolution: int, flip: bool = T
 
 
 class CachedLatentExamples(torch.utils.data.Dataset):
-    """Examples as cached latents plus instruction tokens; the flip of each example is drawn per epoch."""
+    """Examples as cached latents plus instruction tokens; the flip of each example is drawn per epoch.
+    With `target_pixels` (a resolution), the target picture too, in [-1, 1] and flipped alike (for a loss on
+    decoded pixels, training/one_pass_loss.py)."""
 
-    def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int):
+    def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
         self.input_ids = tokenize(tokenizer, list(rows["edit_prompt"]))
+        self.rows, self.target_pixels = rows, target_pixels
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -96,6 +99,11 @@ class CachedLatentExamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         mirrored = int(self.flip and example_rng(self.seed, self.epoch, index).random() < 0.5)
-        return {name: self.cache[name][index, mirrored] for name in ("image_latents", "target_mean", "target_std")} | {
-            "input_ids": self.input_ids[index]}
+        example = {name: self.cache[name][index, mirrored] for name in ("image_latents", "target_mean", "target_std")}
+        example["input_ids"] = self.input_ids[index]
+        if self.target_pixels:
+            size = (self.target_pixels, self.target_pixels)
+            pixels = to_tensor(self.rows[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))
+            example["target_pixels"] = pixels.flip(-1) if mirrored else pixels
+        return example
 

@@ -6,8 +6,9 @@
 The InstructPix2Pix objective: the UNet sees the noisy target latent next to the input image's latent and
 predicts the noise. Conditioning dropout teaches the unconditional predictions that classifier-free guidance
 needs: text dropped for 5% of examples, the image for 5%, both for 5% (null text = embedding of "", null image =
-zeros). Output folder: checkpoints/, logs/ (tensorboard, losses.jsonl), validation/ (PNG grids) and model/ (the
-final diffusers `StableDiffusionInstructPix2PixPipeline` folder with `icv_config.json`).
+zeros). `objective: one_pass` trains a one-pass model instead (training/one_pass_loss.py).
+Output folder: checkpoints/, logs/ (tensorboard, losses.jsonl), validation/ (PNG grids) and model/ (the final
+diffusers `StableDiffusionInstructPix2PixPipeline` folder with `icv_config.json`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .config import TrainConfig, load_config, parse_set, shipped_configs
+from .one_pass_loss import one_pass_loss
 
 logger = logging.getLogger("icv_deploy.training")
+SAMPLING_KEYS = ("sampler", "steps", "spacing", "guidance_scale", "image_guidance_scale")  # icv_config.json
 
 
 @dataclass
@@ -88,6 +91,23 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     return F.mse_loss(prediction.float(), target.float(), reduction="mean")
 
 
+def one_pass_objective(cfg: TrainConfig, scheduler_config: dict):
+    """(OnePass, DecodedLoss) of a config with objective one_pass, checked; (None, None) otherwise."""
+    from icv_deploy.one_pass import ONE_PASS, OnePass
+
+    from .one_pass_loss import DecodedLoss
+
+    if cfg.objective != "one_pass":
+        return None, None
+    for key, given, known in (("one_pass", cfg.one_pass, OnePass.__dataclass_fields__),
+                              ("decoded_loss", cfg.decoded_loss, DecodedLoss.__dataclass_fields__)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise IcvError(f"unknown {key} key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    mode = OnePass.from_config({**cfg.one_pass, "mode": ONE_PASS}, scheduler_config, where="the one_pass config")
+    return mode, DecodedLoss(**cfg.decoded_loss)
+
+
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     # `accelerate launch --multi_gpu` on a machine without CUDA: run the processes on the CPU over gloo.
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -103,7 +123,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     from .model_init import load_training_models
     from .train_checkpoints import find_resume_checkpoint, load_checkpoint, save_checkpoint
     from .train_data import EpochShuffleSampler, InstructionExamples, open_dataset, tokenize, validation_indices
-    from .train_validation import build_pipeline, predict_grid, save_grid
+    from .train_validation import build_pipeline, one_pass_predictor, predict_grid, sampled_predictor, save_grid
 
     if not cfg.data:
         raise IcvError("no training data: pass --data DIR (an `icv-data build` output folder)")
@@ -132,6 +152,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         models = load_training_models(cfg.base_model, random_dir=output / "random-base", seed=cfg.seed,
                                       architecture=cfg.architecture, base_vae=cfg.base_vae)
     unet, vae, text_encoder, tokenizer = models.unet, models.vae, models.text_encoder, models.tokenizer
+    one_pass, decoded = one_pass_objective(cfg, dict(models.noise_scheduler.config))
     if models.widened:
         logger.info("widened the base UNet's conv_in from 4 to 8 input channels")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -173,7 +194,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     if cache is not None:
         from .latent_cache import CachedLatentExamples
 
-        examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed)
+        pixels = cfg.resolution if one_pass is not None and decoded.weight > 0 else None  # for the decoded loss
+        examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels)
     else:
         examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
                                        cfg.random_flip, cfg.seed)
@@ -227,9 +249,13 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             a.copy_to(m.parameters())
         model.eval()
         text_model.eval()
-        pipe = build_pipeline(model, vae, text_model, tokenizer, models.folder)
-        grid = predict_grid(pipe, rows, pictures, cfg.resolution, cfg.validation_sampler_steps, cfg.seed,
-                            accelerator.device)
+        if one_pass is None:
+            pipe = build_pipeline(model, vae, text_model, tokenizer, models.folder)
+            predict = sampled_predictor(pipe, cfg.validation_sampler_steps, cfg.seed, accelerator.device)
+        else:
+            predict = one_pass_predictor(one_pass, model, vae, text_model, tokenizer,
+                                         dict(models.noise_scheduler.config))
+        grid = predict_grid(predict, rows, pictures, cfg.resolution)
         save_grid(grid, output / "validation", step, accelerator.trackers)
         model.train()
         text_model.train(cfg.train_text_encoder)
@@ -241,7 +267,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     progress = tqdm(total=max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
     first_epoch, skip_batches = divmod(step, updates_per_epoch)
     skip_batches *= accumulation
-    running, started = [], time.time()
+    running, running_terms, started = [], [], time.time()
     for epoch in range(first_epoch, num_epochs):
         if step >= max_steps:
             break
@@ -254,9 +280,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         for position, batch in enumerate(epoch_loader, start=skip_batches if epoch == first_epoch else 0):
             gen = batch_generator(cfg.seed, accelerator.process_index, epoch, position)
             with accelerator.accumulate(*trained):
-                null = null_text_embedding() if cfg.train_text_encoder else null_text
-                loss = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
-                                             cfg.conditioning_dropout_prob, gen, weight_dtype)
+                if one_pass is None:
+                    null = null_text_embedding() if cfg.train_text_encoder else null_text
+                    loss = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
+                                                 cfg.conditioning_dropout_prob, gen, weight_dtype)
+                else:
+                    loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass,
+                                                dict(models.noise_scheduler.config), decoded)
+                    running_terms.append(terms)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -272,6 +303,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 ema_text.step(accelerator.unwrap_model(text_encoder).parameters())
             step += 1
             mean_loss, running = float(np.mean(running)), []
+            mean_terms = {k: round(float(np.mean([t[k] for t in running_terms])), 6) for k in running_terms[0]} \
+                if running_terms else {}
+            running_terms = []
             result.losses[step] = mean_loss
             lr = lr_scheduler.get_last_lr()[0]
             progress.update(1)
@@ -281,7 +315,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 if accelerator.is_main_process:
                     losses_file.parent.mkdir(parents=True, exist_ok=True)
                     with open(losses_file, "a") as fh:
-                        fh.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr,
+                        fh.write(json.dumps({"step": step, "epoch": epoch, "loss": mean_loss, "lr": lr, **mean_terms,
                                              "processes": processes, "time": round(time.time() - started, 3)}) + "\n")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save_checkpoint(accelerator, output / "checkpoints", step, state, cfg.checkpoints_keep, (ema, ema_text))
@@ -297,13 +331,15 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         if not cfg.validation_every or step % cfg.validation_every:
             validate()
     result.step = step
-    result.model_dir = save_final_model(accelerator, cfg, models, unet, text_encoder, ema, step, ema_text)
+    result.model_dir = save_final_model(accelerator, cfg, models, unet, text_encoder, ema, step, ema_text, one_pass)
     accelerator.end_training()
     return result
 
 
-def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, ema, step: int, ema_text=None) -> Path:
-    """The diffusers InstructPix2Pix folder `<output>/model` (EMA weights by default), written atomically."""
+def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, ema, step: int, ema_text=None,
+                     one_pass=None) -> Path:
+    """The diffusers InstructPix2Pix folder `<output>/model` (EMA weights by default), written atomically; a
+    one-pass model's icv_config.json records its mode (icv_deploy/one_pass.py)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
@@ -328,7 +364,12 @@ def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, 
         pipe = build_pipeline(unet.cpu(), vae, text_encoder, models.tokenizer, models.folder)
         with atomic_dir(final) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
-            write_json(tmp / "icv_config.json", {"resolution": cfg.resolution, **cfg.runtime, "trained_steps": step, "base_model": cfg.base_model,
+            runtime, mode = cfg.runtime, {}
+            if one_pass is not None:  # its mode instead of sampler settings it would not use
+                runtime = {k: v for k, v in runtime.items() if k not in SAMPLING_KEYS}
+                mode = one_pass.to_json()
+            write_json(tmp / "icv_config.json", {"resolution": cfg.resolution, **runtime, **mode, "trained_steps": step,
+                                                 "base_model": cfg.base_model,
                                                  "ema_weights": bool(ema is not None and cfg.save_ema_weights)})
         accelerator.print(f"saved the model to {final}")
     accelerator.wait_for_everyone()

@@ -29,13 +29,13 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
 from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .config import CONFIG_DIR
+from .one_pass_loss import outline_weight_map
 from .train_checkpoints import STATE_FILE, list_checkpoints
 
 logger = logging.getLogger("icv_deploy.training")
@@ -118,9 +118,7 @@ def autoencoder_loss(vae, pixels: torch.Tensor, cfg: AutoencoderConfig, gen: tor
     posterior = vae.encode(pixels).latent_dist
     latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
     recon = vae.decode(latents).sample.float()
-    pure_blue = (pixels[:, 2] > 0.9) & (pixels[:, 0] < -0.8) & (pixels[:, 1] < -0.8)  # (0, 0, 255) within 25
-    near_outline = F.max_pool2d(pure_blue[:, None].float(), 3, stride=1, padding=1)  # the line and its sides
-    weight = 1.0 + cfg.outline_weight * near_outline
+    weight = outline_weight_map(pixels, cfg.outline_weight)
     l1 = (weight * (recon - pixels).abs()).mean()
     mse = (weight * (recon - pixels) ** 2).mean()
     kl = posterior.kl().float().mean() / latents[0].numel()

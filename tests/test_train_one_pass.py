@@ -1,0 +1,150 @@
+"""One-pass training (objective one_pass, training/one_pass_loss.py): what it learns, what it saves, and that the
+runtime reads the saved model exactly as training used it.
+
+The tiny random model at 16 px on the tiny dataset of test_train_run (8 examples, two per task).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from icv_deploy.errors import IcvError
+
+from test_train_run import make_dataset, read_losses, run_in_process
+
+pytestmark = pytest.mark.slow
+
+ONE_PASS = dict(objective="one_pass", one_pass={"timestep": 999, "noise_input": "zeros", "prediction_type": "sample"},
+                cache_latents=True, resize_max=16, random_flip=False, conditioning_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("one-pass-data") / "data")
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """60 steps of one-pass training with the decoded-pixel loss on 2 examples of each batch of 2."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    output = tmp_path_factory.mktemp("one-pass") / "run"
+    try:
+        result = run_in_process(data=str(data_dir), output=str(output), max_steps=60, checkpoint_every=0,
+                                validation_every=0, learning_rate=1e-3, ema_decay=0.5,
+                                decoded_loss={"weight": 1.0, "examples": 2, "outline_weight": 10.0}, **ONE_PASS)
+    finally:
+        torch.set_num_threads(before)
+    return result, output
+
+
+def test_one_pass_training_learns_and_logs_both_terms(trained):
+    result, output = trained
+    logged = read_losses(output)
+    assert {"latent_mse", "pixel_l1"} <= set(logged[0])
+    # Per-epoch means (8 examples, batches of 2: 4 steps an epoch): single batches differ too much by task.
+    latent = np.array([r["latent_mse"] for r in logged]).reshape(-1, 4).mean(axis=1)
+    pixels = np.array([r["pixel_l1"] for r in logged]).reshape(-1, 4).mean(axis=1)
+    assert latent[-1] < 0.5 * latent[0], latent
+    # The tiny random decoder can paint little of the targets, but what it can, the UNet learns to ask of it.
+    assert pixels[-1] < pixels[0], pixels
+    grid = sorted((output / "validation").glob("step-*.png"))
+    assert grid and grid[-1].name == "step-0000060.png"  # the last validation grid, made by one pass
+
+
+def test_the_saved_model_is_one_pass_and_the_runtime_reads_it_as_training_did(trained, data_dir):
+    """The loss training computes on an example equals the MSE of the runtime's one-pass latent against the target
+    latent: inputs, timestep and the reading of the output agree between training and icv_deploy.load()."""
+    import datasets
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    import icv_deploy
+    from icv_deploy.one_pass import OnePass
+    from icv_deploy.training.augment import to_tensor
+    from icv_deploy.training.one_pass_loss import DecodedLoss, one_pass_loss
+    from icv_deploy.training.train_data import tokenize
+
+    _, output = trained
+    model = output / "model"
+    config = json.loads((model / "icv_config.json").read_text())
+    assert {k: config[k] for k in ("mode", "timestep", "noise_input", "prediction_type")} == {
+        "mode": "one_pass", "timestep": 999, "noise_input": "zeros", "prediction_type": "sample"}
+    assert not {"sampler", "steps", "guidance_scale"} & set(config)  # settings a one-pass model would not use
+
+    pipe = icv_deploy.load(model)
+    assert pipe.one_pass == OnePass(999, "zeros", "sample")
+    row = datasets.load_from_disk(str(data_dir))[0]
+    image, target = to_tensor(row["input_image"])[None], to_tensor(row["edited_image"])[None]
+
+    # The runtime's path: its own tokenizer, text encoder, VAE encoder (from the uint8 picture) and one UNet call.
+    text_emb, _ = pipe.encode_instructions([row["edit_prompt"]])
+    image_latents = pipe.encode_image(np.asarray(row["input_image"].convert("RGB")))
+    runtime_latent = pipe.one_pass_sample(text_emb, image_latents)
+
+    # Training's path, on the same saved weights.
+    from diffusers import UNet2DConditionModel
+
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    with torch.no_grad():
+        batch = {"image_latents": vae.encode(image).latent_dist.mode(),
+                 "target_mean": vae.encode(target).latent_dist.mean,
+                 "input_ids": tokenize(tokenizer, [row["edit_prompt"]])}
+        loss, _ = one_pass_loss(batch, unet, vae, text_encoder, pipe.one_pass, pipe.scheduler_config,
+                                DecodedLoss(weight=0.0))
+    expected = torch.mean((runtime_latent - batch["target_mean"] * vae.config.scaling_factor) ** 2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_the_decoded_loss_reaches_the_unet_through_the_decoder(data_dir, tmp_path):
+    """With the latent term equal, the pixel term changes the UNet's gradient: it flows back through the VAE."""
+    from icv_deploy.one_pass import OnePass
+    from icv_deploy.training.model_init import load_training_models
+    from icv_deploy.training.one_pass_loss import DecodedLoss, one_pass_loss
+
+    models = load_training_models("random:tiny", random_dir=tmp_path / "base", seed=0)
+    mode = OnePass(999, "zeros", "sample")
+    gen = torch.Generator().manual_seed(0)
+    batch = {"image_latents": torch.randn(2, 4, 4, 4, generator=gen), "target_mean": torch.randn(2, 4, 4, 4, generator=gen),
+             "input_ids": torch.randint(0, 1000, (2, 77), generator=gen),
+             "target_pixels": torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1}
+    models.vae.requires_grad_(False)
+    grads = []
+    for decoded in (DecodedLoss(weight=0.0), DecodedLoss(weight=1.0, examples=1)):
+        models.unet.zero_grad()
+        loss, terms = one_pass_loss(batch, models.unet, models.vae, models.text_encoder, mode,
+                                    dict(models.noise_scheduler.config), decoded)
+        loss.backward()
+        grads.append(models.unet.conv_out.weight.grad.clone())
+    assert "pixel_l1" in terms and terms["pixel_l1"] > 0
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_outline_pixels_and_their_sides_weigh_more():
+    from icv_deploy.training.one_pass_loss import outline_weight_map
+
+    pixels = torch.full((1, 3, 9, 9), -1.0)
+    pixels[0, 2, 4, 1:8] = 1.0  # a pure blue horizontal line, 7 pixels long, on black
+    weight = outline_weight_map(pixels, 10.0)[0, 0]
+    heavy = weight > 1
+    assert heavy.sum() == 3 * 9  # the line's rows 3-5, widened by one pixel at each end
+    assert heavy[3:6, 0:9].all() and torch.all(weight[heavy] == 11.0) and torch.all(weight[~heavy] == 1.0)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"objective": "one_pass", "cache_latents": False}, "objective one_pass trains on cached latents"),
+    ({**ONE_PASS, "one_pass": {"steps": 1}}, "unknown one_pass key(s) steps"),
+    ({**ONE_PASS, "decoded_loss": {"weigth": 1.0}}, "unknown decoded_loss key(s) weigth"),
+    ({**ONE_PASS, "one_pass": {"noise_input": "noise"}}, "unknown noise_input 'noise'"),
+    ({"objective": "consistency"}, "objective must be instruct_pix2pix or one_pass"),
+])
+def test_bad_one_pass_settings_are_named(data_dir, tmp_path, settings, message):
+    with pytest.raises(IcvError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_in_process(data=str(data_dir), output=str(tmp_path / "run"), max_steps=1, **settings)

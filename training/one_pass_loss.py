@@ -1,0 +1,64 @@
+"""The one-pass objective (issue 13): fine-tune a sampled InstructCV into one deterministic UNet pass.
+
+As E2E-FT and Lotus fine-tune Stable Diffusion for perception, the UNet sees a fixed timestep and a fixed input in
+its noisy-latent channels (zeros, or the image latent), and its output, read as the clean latent, is compared with
+the target's latent directly, with no noise drawn at all: the targets (masks, outlines, depth, colour cards) are
+deterministic, so sampling has nothing to add. The runtime's `icv_deploy.one_pass.OnePass` builds the inputs and
+reads the output here as at inference, so training and inference cannot drift apart.
+
+    loss = MSE(clean latent, target latent)                                  over the whole batch
+         + decoded_weight * weighted L1 (decoded pixels, target pixels)     over the first `decoded_examples`
+
+The decoded term puts the task loss after the VAE decoder, where the answers are read: the frozen decoder is run
+on the predicted latent and gradients flow back through it. It matters most for detection: the autoencoder does not
+reproduce one-pixel outlines from the targets' own latents, but the UNet can learn latents that decode to them.
+Outline pixels weigh more, as in the autoencoder stage (`outline_weight_map`). No conditioning dropout: guidance
+is folded into the weights (one row per instruction at inference, no guidance batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from icv_deploy.one_pass import OnePass
+
+
+@dataclass(frozen=True)
+class DecodedLoss:
+    weight: float = 1.0  # of the decoded-pixel term against the latent MSE; 0 turns it off
+    examples: int = 8  # decoded per micro-batch (the decoder's backward pass costs more than the small UNet's)
+    outline_weight: float = 50.0  # extra weight of detection-outline pixels and their neighbours
+
+
+def outline_weight_map(pixels: torch.Tensor, outline_weight: float) -> torch.Tensor:
+    """1 everywhere, 1 + outline_weight on and beside pure blue (0, 0, 255) pixels of `pixels` in [-1, 1]."""
+    pure_blue = (pixels[:, 2] > 0.9) & (pixels[:, 0] < -0.8) & (pixels[:, 1] < -0.8)  # within 25 of (0, 0, 255)
+    near_outline = F.max_pool2d(pure_blue[:, None].float(), 3, stride=1, padding=1)  # the line and its sides
+    return 1.0 + outline_weight * near_outline
+
+
+def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler_config: dict,
+                  decoded: DecodedLoss) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, its terms) of a cached-latent batch: image_latents, target_mean, input_ids (+ target_pixels)."""
+    scaling = vae.config.scaling_factor
+    image_latents = batch["image_latents"]  # the posterior mode, unscaled, as the pipeline feeds the UNet
+    target = batch["target_mean"] * scaling  # deterministic targets: the posterior mean, no sample drawn
+    noise_in = mode.noise_channels(image_latents, scaling)
+    timesteps = torch.full((len(target),), mode.timestep, device=target.device, dtype=torch.long)
+    text = text_encoder(batch["input_ids"])[0]
+    output = unet(torch.cat([noise_in, image_latents], dim=1), timesteps, encoder_hidden_states=text,
+                  return_dict=False)[0]
+    clean = mode.clean_latents(output.float(), noise_in.float(), scheduler_config)
+    latent = F.mse_loss(clean, target.float())
+    terms = {"latent_mse": latent.item()}
+    if decoded.weight <= 0 or decoded.examples <= 0:
+        return latent, terms
+    n = min(decoded.examples, len(clean))
+    pixels = batch["target_pixels"][:n].float()
+    painted = vae.decode((clean[:n] / scaling).to(vae.dtype)).sample.float()
+    pixel_l1 = (outline_weight_map(pixels, decoded.outline_weight) * (painted - pixels).abs()).mean()
+    terms["pixel_l1"] = pixel_l1.item()
+    return latent + decoded.weight * pixel_l1, terms
