@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,19 @@ def test_latency_names_openvino_engines_by_precision(tiny_model, onnx_tiny, tmp_
     for e in doc["engines"][1:]:
         assert e["options"]["precision"] == e["engine"].split("-")[1] and e["unet_step_ms"] > 0
     assert "openvino" in doc["machine"] and isinstance(doc["machine"]["cpu_flags"], list)
+
+
+def test_memory_benchmark_measures_each_folder_in_its_own_process(ir_folders, onnx_tiny, tmp_path):
+    """benchmarks/openvino_memory.py: one row per folder, a peak that covers a loaded pipeline (more than the bare
+    interpreter) and the figures in its JSON."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from openvino_memory import main as memory_main
+
+    out = tmp_path / "memory.json"
+    result = CliRunner().invoke(memory_main, ["--model", str(onnx_tiny), "--model", str(ir_folders["bf16"][1]),
+                                              "--steps", "2", "--resolution", "64", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["model"] for r in runs] == [str(onnx_tiny), str(ir_folders["bf16"][1])]
+    assert all(r["peak_rss_mb"] > 150 and r["first_call_s"] > 0 for r in runs)  # torch + OpenVINO loaded, a call made
+    assert result.output.count("peak RSS") == 2
