@@ -149,13 +149,18 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
+def reject_unknown_keys(what: str, given, known) -> None:
+    """One line naming the keys of `given` that `known` lacks (a config, a section of one)."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise IcvError(f"unknown {what} key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+
+
 def load_config(name_or_path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults, then the config file, then the overrides (keys with value None are ignored)."""
     values = read_config_file(name_or_path) if name_or_path else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise IcvError(f"unknown config key(s) {', '.join(unknown)} (known: {', '.join(FIELDS)})")
+    reject_unknown_keys("config", values, FIELDS)
     for key, value in values.items():  # YAML reads "1e-4" as a string: numbers where the default is a float
         if isinstance(FIELDS[key].default, float) and isinstance(value, (str, int)) and not isinstance(value, bool):
             try:

@@ -37,6 +37,11 @@ SCENES, SIZE, SEED = 4000, 128, 0
 FP16_PARTS = ("unet", "vae", "text_encoder")
 
 
+def training_precision() -> str:
+    """bf16 autocast where the CPU has AMX (about 2x faster), fp32 elsewhere."""
+    return "bf16" if cpu_has_amx() else "no"
+
+
 def cpu_has_amx() -> bool:
     try:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
@@ -84,7 +89,7 @@ def run_recipe(work: Path, install_as: str | None, one_step: bool = False) -> Pa
     from .train_autoencoder import load_autoencoder_config, train_autoencoder
 
     data = prepare_data(work) / "data"
-    precision = "bf16" if cpu_has_amx() else "no"
+    precision = training_precision()
     vae = train_autoencoder(load_autoencoder_config("demo-vae", {"data": str(data), "output": str(work / "vae"),
                                                                  "mixed_precision": precision}), resume="latest")
     vae = train_autoencoder(load_autoencoder_config("demo-vae-decoder", {
@@ -136,7 +141,7 @@ def main(work, install_as, one_step, one_step_only):
     """
     if one_step_only:
         model = run_one_step(prepare_data(work), "demo", install_as and f"{install_as}-1step",
-                             "bf16" if cpu_has_amx() else "no")
+                             training_precision())
     else:
         model = run_recipe(work, install_as, one_step)
     click.echo(f"model: {model}")

@@ -89,7 +89,9 @@ class CachedLatentExamples(torch.utils.data.Dataset):
     def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
         self.input_ids = tokenize(tokenizer, list(rows["edit_prompt"]))
-        self.rows, self.target_pixels = rows, target_pixels
+        # only the target column: indexing the whole row would decode the input picture too
+        self.targets = rows.select_columns(["edited_image"]) if target_pixels else None
+        self.target_pixels = target_pixels
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -103,7 +105,7 @@ class CachedLatentExamples(torch.utils.data.Dataset):
         example["input_ids"] = self.input_ids[index]
         if self.target_pixels:
             size = (self.target_pixels, self.target_pixels)
-            pixels = to_tensor(self.rows[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))
+            pixels = to_tensor(self.targets[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))
             example["target_pixels"] = pixels.flip(-1) if mirrored else pixels
         return example
 

@@ -29,11 +29,10 @@ import torch.nn.functional as F
 from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
-from .config import TrainConfig, load_config, parse_set, shipped_configs
+from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
 from .one_pass_loss import one_pass_loss
 
 logger = logging.getLogger("icv_deploy.training")
-SAMPLING_KEYS = ("sampler", "steps", "spacing", "guidance_scale", "image_guidance_scale")  # icv_config.json
 
 
 @dataclass
@@ -99,11 +98,8 @@ def one_pass_objective(cfg: TrainConfig, scheduler_config: dict):
 
     if cfg.objective != "one_pass":
         return None, None
-    for key, given, known in (("one_pass", cfg.one_pass, OnePass.__dataclass_fields__),
-                              ("decoded_loss", cfg.decoded_loss, DecodedLoss.__dataclass_fields__)):
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            raise IcvError(f"unknown {key} key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    reject_unknown_keys("one_pass", cfg.one_pass, OnePass.__dataclass_fields__)
+    reject_unknown_keys("decoded_loss", cfg.decoded_loss, DecodedLoss.__dataclass_fields__)
     mode = OnePass.from_config({**cfg.one_pass, "mode": ONE_PASS}, scheduler_config, where="the one_pass config")
     return mode, DecodedLoss(**cfg.decoded_loss)
 
@@ -152,7 +148,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         models = load_training_models(cfg.base_model, random_dir=output / "random-base", seed=cfg.seed,
                                       architecture=cfg.architecture, base_vae=cfg.base_vae)
     unet, vae, text_encoder, tokenizer = models.unet, models.vae, models.text_encoder, models.tokenizer
-    one_pass, decoded = one_pass_objective(cfg, dict(models.noise_scheduler.config))
+    scheduler_config = dict(models.noise_scheduler.config)
+    one_pass, decoded = one_pass_objective(cfg, scheduler_config)
     if models.widened:
         logger.info("widened the base UNet's conv_in from 4 to 8 input channels")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -253,8 +250,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             pipe = build_pipeline(model, vae, text_model, tokenizer, models.folder)
             predict = sampled_predictor(pipe, cfg.validation_sampler_steps, cfg.seed, accelerator.device)
         else:
-            predict = one_pass_predictor(one_pass, model, vae, text_model, tokenizer,
-                                         dict(models.noise_scheduler.config))
+            predict = one_pass_predictor(one_pass, model, vae, text_model, tokenizer, scheduler_config)
         grid = predict_grid(predict, rows, pictures, cfg.resolution)
         save_grid(grid, output / "validation", step, accelerator.trackers)
         model.train()
@@ -285,8 +281,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                     loss = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
                                                  cfg.conditioning_dropout_prob, gen, weight_dtype)
                 else:
-                    loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass,
-                                                dict(models.noise_scheduler.config), decoded)
+                    loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass, scheduler_config, decoded)
                     running_terms.append(terms)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
@@ -303,8 +298,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 ema_text.step(accelerator.unwrap_model(text_encoder).parameters())
             step += 1
             mean_loss, running = float(np.mean(running)), []
-            mean_terms = {k: round(float(np.mean([t[k] for t in running_terms])), 6) for k in running_terms[0]} \
-                if running_terms else {}
+            # the one-pass loss's terms (none for the InstructPix2Pix loss), logged beside the loss
+            mean_terms = {k: round(float(np.mean([t[k] for t in running_terms])), 6) for k in (running_terms or [{}])[0]}
             running_terms = []
             result.losses[step] = mean_loss
             lr = lr_scheduler.get_last_lr()[0]
@@ -365,8 +360,10 @@ def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, 
         with atomic_dir(final) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             runtime, mode = cfg.runtime, {}
-            if one_pass is not None:  # its mode instead of sampler settings it would not use
-                runtime = {k: v for k, v in runtime.items() if k not in SAMPLING_KEYS}
+            if one_pass is not None:  # its mode instead of the sampling settings (pipeline.DEFAULTS) it would not use
+                from icv_deploy.pipeline import DEFAULTS
+
+                runtime = {k: v for k, v in runtime.items() if k == "resolution" or k not in DEFAULTS}
                 mode = one_pass.to_json()
             write_json(tmp / "icv_config.json", {"resolution": cfg.resolution, **runtime, **mode, "trained_steps": step,
                                                  "base_model": cfg.base_model,

@@ -34,7 +34,7 @@ import yaml
 from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
-from .config import CONFIG_DIR
+from .config import CONFIG_DIR, reject_unknown_keys
 from .one_pass_loss import outline_weight_map
 from .train_checkpoints import STATE_FILE, list_checkpoints
 
@@ -76,10 +76,7 @@ def load_autoencoder_config(name_or_path: str, overrides: dict | None = None) ->
             raise IcvError(f"config {name_or_path}: no such file and no shipped config of that name")
     values = yaml.safe_load(path.read_text()) or {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = AutoencoderConfig.__dataclass_fields__
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise IcvError(f"unknown autoencoder config key(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    reject_unknown_keys("autoencoder config", values, AutoencoderConfig.__dataclass_fields__)
     cfg = AutoencoderConfig(**values)
     if cfg.train_part not in ("all", "decoder") or (cfg.train_part == "decoder" and not cfg.init_from):
         raise IcvError(f"train_part must be all, or decoder with init_from (a trained autoencoder), not {cfg.train_part!r}")
