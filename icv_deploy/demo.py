@@ -4,7 +4,7 @@
 
 The contact sheet has a row per image and a column per instruction (the input first), each column labelled with
 its instruction, each row with its image's name; the title names the model and its settings, and says so in red when
-the weights are random. Every instruction also writes what `icv-infer` writes (visual.png, overlay.png, the raw
+the weights are random, or in amber what a trained model is known to get wrong (the `caveat` of its icv_config.json). Every instruction also writes what `icv-infer` writes (visual.png, overlay.png, the raw
 answer, result.json).
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .backends import ENGINES
 from .cli import parse_resolution, setup_logging, slug, summary
 from .cli_common import debug_option, one_line_errors
 from .model_files import default_model
@@ -32,8 +33,9 @@ RANDOM_WEIGHTS_TITLE = "RANDOM WEIGHTS: these answers are meaningless"
 
 
 def contact_sheet(images: list[np.ndarray], results: list[list], image_names: list[str], title: str = "",
-                  warning: str = "", tile_height: int = TILE_HEIGHT) -> np.ndarray:
-    """Rows = images, columns = the input then each instruction's overlay, labelled; `title` and a red `warning` on top."""
+                  warning: str = "", caveat: str = "", tile_height: int = TILE_HEIGHT) -> np.ndarray:
+    """Rows = images, columns = the input then each instruction's overlay, labelled; `title`, a red `warning` and
+    an amber `caveat` on top."""
     instructions = [res.instruction for res in results[0]] if results else []
     rows = [[image] + [res.overlay() for res in row] for image, row in zip(images, results)]
     grid = labelled_grid(rows, column_labels=["input", *instructions], row_labels=image_names, tile_height=tile_height)
@@ -41,6 +43,8 @@ def contact_sheet(images: list[np.ndarray], results: list[list], image_names: li
     head = [text_block(title, width, size, max_lines=2)] if title else []
     if warning:
         head.append(text_block(warning, width, size, color=(255, 255, 255), background=(200, 0, 0), max_lines=2))
+    if caveat:
+        head.append(text_block(caveat, width, size, color=(0, 0, 0), background=(255, 200, 60), max_lines=3))
     return np.concatenate([*head, grid], axis=0)
 
 
@@ -70,8 +74,8 @@ Examples:
                    + "; ".join(f'"{t}"' for t in DEFAULT_INSTRUCTIONS) + "]")
 @click.option("--model", default=default_model, show_default="$ICV_MODEL, else demo",
               help="A bundled model by name (demo, demo-1step), a diffusers folder or hub id (torch), an ONNX folder "
-                   "(onnx) or an engine folder (trt).")
-@click.option("--engine", type=click.Choice(["torch", "onnx", "trt"]), default="torch", show_default=True, help="Backend.")
+                   "(onnx), an engine folder (trt), or an ONNX or OpenVINO IR folder (openvino).")
+@click.option("--engine", type=click.Choice(ENGINES), default="torch", show_default=True, help="Backend.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--vae", type=click.Choice(["full", "tiny"]), default=None,
               help="full: the model's VAE; tiny: TAESD from <model>/vae_tiny. [default: the model's own]")
@@ -112,7 +116,7 @@ def main(images, instructions, model, engine, device, vae, steps, sampler, seed,
     s = all_results[0][0].settings
     title = f"model {model}: {s['sampler']}, {s['steps']} steps, {s['resolution'] or 'native'} px, {s['engine']}"
     sheet = contact_sheet(pictures, all_results, [p.name for p in images], title=title,
-                          warning=RANDOM_WEIGHTS_TITLE if pipe.random_weights else "")
+                          warning=RANDOM_WEIGHTS_TITLE if pipe.random_weights else "", caveat=pipe.caveat)
     with atomic.atomic_path(output / SHEET_NAME, suffix=".png") as tmp:
         from PIL import Image
 

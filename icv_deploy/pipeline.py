@@ -39,12 +39,13 @@ DEFAULTS = {"sampler": "euler_a", "steps": 100, "spacing": None, "resolution": 2
 
 class InstructCVPipeline:
     def __init__(self, backend, tokenizer, scheduler_config: dict, defaults: dict | None = None, source: str = "",
-                 random_weights: bool = False, one_pass: OnePass | None = None):
+                 random_weights: bool = False, one_pass: OnePass | None = None, caveat: str = ""):
         self.backend, self.tokenizer, self.scheduler_config = backend, tokenizer, scheduler_config
         self.one_pass = one_pass  # a one-pass model's mode (icv_config.json), None for a sampled model
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.source = source
         self.random_weights = random_weights  # built from configs (icv_deploy.testing): the answers mean nothing
+        self.caveat = caveat  # what a trained model is known to get wrong (its icv_config.json), for pictures to say
         self.progress = True
         self._empty_embedding = None
 
@@ -74,7 +75,7 @@ class InstructCVPipeline:
                         "meaningless", model)
         one_pass = OnePass.from_config(config, scheduler_config, where=str(folder / "icv_config.json"))
         return cls(backend, tokenizer, scheduler_config, {k: v for k, v in config.items() if k in DEFAULTS}, str(model),
-                   random_weights=random_weights, one_pass=one_pass)
+                   random_weights=random_weights, one_pass=one_pass, caveat=str(config.get("caveat", "")))
 
     # -- the four stages --------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:

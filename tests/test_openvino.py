@@ -12,6 +12,8 @@ guidance batch for the recorded calibration inputs. Bounds, stated once:
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import shutil
@@ -22,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 pytest.importorskip("openvino", reason="pip install 'icv-deploy[openvino]'")
 
@@ -103,6 +106,26 @@ def test_f32_pipeline_paints_what_torch_paints(onnx_tiny, tiny_model, scene_imag
         assert np.abs(a.visual.astype(int) - b.visual.astype(int)).max() <= 1
 
 
+def test_serve_replica_runs_the_openvino_engine(onnx_tiny, scene_image):
+    """icv-serve --engine openvino: the model replica (outside Ray) answers as the openvino pipeline does, with the
+    replica's CPUs as OpenVINO's inference threads."""
+    pytest.importorskip("ray.serve", reason="icv-serve needs the serve extra")
+    import icv_deploy
+    from icv_deploy.result import png_bytes
+    from icv_deploy.serve.app import InstructCVModel
+    from icv_deploy.serve.form import Job
+
+    replica = InstructCVModel({"model": str(onnx_tiny), "engine": "openvino", "dtype": "fp32", "threads": 1})
+    assert replica.pipe.backend.name == "openvino" and replica.pipe.backend.config["INFERENCE_NUM_THREADS"] == 1
+    job = Job(image=png_bytes(scene_image), instructions=["Segment the cat"], steps=2, seed=3, resolution=64,
+              pictures=True)
+    reply = replica.run_batch([job])[0]["results"][0]
+    ref = icv_deploy.load(onnx_tiny, engine="openvino", dtype="fp32").run_many(
+        scene_image, ["Segment the cat"], steps=2, seed=3, resolution=64)[0]
+    painted = np.asarray(Image.open(io.BytesIO(base64.b64decode(reply["pictures"]["visual"]))))
+    assert reply["engine"] == "openvino" and np.array_equal(painted, ref.visual)
+
+
 @pytest.mark.slow
 def test_bf16_answers_within_the_stated_bound(onnx_tiny, tiny_model, torch_ref, scene_image):
     if not _has_bf16():
@@ -172,8 +195,11 @@ def test_bad_options_are_refused(onnx_tiny):
 
 
 # ---- shapes and the model cache --------------------------------------------------------------------------------
-def test_static_shapes_compile_once_per_shape(onnx_tiny, torch_ref):
-    backend = load_backend(onnx_tiny, "openvino", dtype="fp32", max_compiled=2)
+def test_static_shapes_compile_once_per_shape(onnx_tiny, torch_ref, model_cache, tmp_path, monkeypatch):
+    """Without a model cache (models reshaped in memory, nothing written; the other tests compile from files)."""
+    monkeypatch.chdir(tmp_path)
+    cached_before = sorted(model_cache.rglob("*")) if model_cache.exists() else []
+    backend = load_backend(onnx_tiny, "openvino", dtype="fp32", max_compiled=2, cache_dir=None)
     g = torch.Generator().manual_seed(4)
     text = torch.randn(3, 77, 32, generator=g)
     t = torch.full((3,), 500.0)
@@ -182,6 +208,8 @@ def test_static_shapes_compile_once_per_shape(onnx_tiny, torch_ref):
         assert _rel(backend.predict_noise(s, t, text), torch_ref.predict_noise(s, t, text)) < F32_BOUND
     shapes = [dict(key)["sample"] for key in backend.compiled["unet"]]
     assert shapes == [(3, 8, 8, 8), (3, 8, 6, 10)]  # at most 2 kept, least recently used dropped
+    assert not any(tmp_path.iterdir())
+    assert (sorted(model_cache.rglob("*")) if model_cache.exists() else []) == cached_before
 
 
 def test_model_cache_is_populated_then_reused(onnx_tiny, tmp_path):
@@ -191,10 +219,16 @@ def test_model_cache_is_populated_then_reused(onnx_tiny, tmp_path):
     assert first.cache_dir == cache / "f32"
     assert not first.compiled_model("text_encoder", x).get_property("LOADED_FROM_CACHE")
     blobs = sorted(p.name for p in (cache / "f32").iterdir())
-    assert blobs, "compiling wrote nothing to the model cache"
+    assert any(name.endswith(".blob") for name in blobs), "compiling wrote nothing to the model cache"
+    # The static shape was written once as its own IR, compiled from that file (so OpenVINO maps the cached blob).
+    [static] = (cache / "f32" / "static-ir").iterdir()
+    assert static.name.startswith("text_encoder-") and static.name.endswith("-2x77")
+    written = {p.name: p.stat().st_mtime_ns for p in static.iterdir()}
+    assert set(written) == {"openvino_model.xml", "openvino_model.bin"}
     second = load_backend(onnx_tiny, "openvino", dtype="fp32", cache_dir=cache)  # a new OpenVINO Core: a new start
     assert second.compiled_model("text_encoder", x).get_property("LOADED_FROM_CACHE")
     assert sorted(p.name for p in (cache / "f32").iterdir()) == blobs
+    assert {p.name: p.stat().st_mtime_ns for p in static.iterdir()} == written  # reused, not rewritten
     ids = torch.randint(0, 49408, (2, 77), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(second.encode_text(ids), first.encode_text(ids))
     if _has_bf16():  # OpenVINO's cache key ignores the precision hint: bf16 must not load the f32 blob

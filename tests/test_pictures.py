@@ -144,6 +144,11 @@ def test_contact_sheet_rows_are_images_columns_are_instructions():
     extra = warned.shape[0] - sheet.shape[0]
     assert extra > 30 and np.array_equal(warned[extra:], sheet)
     assert np.all(warned[:extra] == (200, 0, 0), axis=2).sum() > warned.shape[1] * 10
+    # A trained model's caveat: an amber line, the grid unchanged.
+    cautioned = contact_sheet(images, results, names, title="model demo", caveat="detection is not learnt")
+    extra = cautioned.shape[0] - sheet.shape[0]
+    assert np.array_equal(cautioned[extra:], sheet)
+    assert np.all(cautioned[:extra] == (255, 200, 60), axis=2).sum() > cautioned.shape[1] * 10
 
 
 def test_icv_demo_writes_results_and_a_contact_sheet(demo_assets, tmp_path):

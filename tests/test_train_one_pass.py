@@ -29,14 +29,15 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-    """60 steps of one-pass training with the decoded-pixel loss on 2 examples of each batch of 2."""
+    """60 steps of one-pass training with the decoded-pixel and mask losses on both examples of each batch of 2."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     output = tmp_path_factory.mktemp("one-pass") / "run"
     try:
         result = run_in_process(data=str(data_dir), output=str(output), max_steps=60, checkpoint_every=0,
                                 validation_every=0, learning_rate=1e-3, ema_decay=0.5,
-                                decoded_loss={"weight": 1.0, "examples": 2, "outline_weight": 10.0}, **ONE_PASS)
+                                decoded_loss={"weight": 1.0, "examples": 2, "outline_weight": 10.0,
+                                              "mask_weight": 1.0}, **ONE_PASS)
     finally:
         torch.set_num_threads(before)
     return result, output
@@ -46,6 +47,7 @@ def test_one_pass_training_learns_and_logs_both_terms(trained):
     result, output = trained
     logged = read_losses(output)
     assert {"latent_mse", "pixel_l1"} <= set(logged[0])
+    assert any("mask_bce_dice" in row for row in logged)  # on the batches that hold a segmentation example
     # Per-epoch means (8 examples, batches of 2: 4 steps an epoch): single batches differ too much by task.
     latent = np.array([r["latent_mse"] for r in logged]).reshape(-1, 4).mean(axis=1)
     pixels = np.array([r["pixel_l1"] for r in logged]).reshape(-1, 4).mean(axis=1)
@@ -114,7 +116,7 @@ def test_the_decoded_loss_reaches_the_unet_through_the_decoder(data_dir, tmp_pat
     gen = torch.Generator().manual_seed(0)
     batch = {"image_latents": torch.randn(2, 4, 4, 4, generator=gen), "target_mean": torch.randn(2, 4, 4, 4, generator=gen),
              "input_ids": torch.randint(0, 1000, (2, 77), generator=gen),
-             "target_pixels": torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1}
+             "target_pixels": torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1, "task_id": torch.tensor([1, 2])}
     models.vae.requires_grad_(False)
     grads = []
     for decoded in (DecodedLoss(weight=0.0), DecodedLoss(weight=1.0, examples=1)):
@@ -136,6 +138,32 @@ def test_outline_pixels_and_their_sides_weigh_more():
     heavy = weight > 1
     assert heavy.sum() == 3 * 9  # the line's rows 3-5, widened by one pixel at each end
     assert heavy[3:6, 0:9].all() and torch.all(weight[heavy] == 11.0) and torch.all(weight[~heavy] == 1.0)
+
+
+def test_the_mask_term_rewards_committing_to_the_likelier_pixels():
+    """An uncertain answer painted as a dim grey (which the runtime's threshold at 127 reads as no mask) costs more
+    than the committed mask, and its gradient brightens the mask pixels and darkens the rest."""
+    from icv_deploy.training.one_pass_loss import mask_loss
+
+    target = torch.full((1, 3, 8, 8), -1.0)
+    target[..., 2:6, 2:6] = 1.0  # a white square on black
+    committed = target * 0.8
+    dim = torch.where(target > 0, -0.2, -0.6).requires_grad_(True)  # brighter on the square, but under 127
+    assert mask_loss(committed, target, 10.0) < 0.1 < mask_loss(dim, target, 10.0)
+    mask_loss(dim, target, 10.0).backward()
+    inside = target[0, 0] > 0
+    assert (dim.grad[0, :, inside] < 0).all() and (dim.grad[0, :, ~inside] > 0).all()
+    # An empty target (the category is absent) asks for an empty mask.
+    empty = torch.full((1, 3, 8, 8), -1.0)
+    assert mask_loss(empty * 0.9, empty, 10.0) < 0.01 < mask_loss(committed, empty, 10.0)
+
+
+def test_segmentation_examples_are_decoded_first_when_the_mask_term_is_on():
+    from icv_deploy.training.one_pass_loss import DecodedLoss, decoded_examples
+
+    task_ids = torch.tensor([2, 0, 1, 0, 3, 2])  # segmentation is 0
+    assert decoded_examples(task_ids, DecodedLoss(examples=3)).tolist() == [0, 1, 2]
+    assert decoded_examples(task_ids, DecodedLoss(examples=3, mask_weight=1.0)).tolist() == [1, 3, 0]
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from icv_deploy.atomic import atomic_path
+from icv_deploy.tasks import TASKS
 
 from .augment import example_rng, to_tensor
 from .train_data import tokenize
@@ -83,8 +84,8 @@ def load_or_build_cache(folder: Path, vae, rows, resolution: int, flip: bool = T
 
 class CachedLatentExamples(torch.utils.data.Dataset):
     """Examples as cached latents plus instruction tokens; the flip of each example is drawn per epoch.
-    With `target_pixels` (a resolution), the target picture too, in [-1, 1] and flipped alike (for a loss on
-    decoded pixels, training/one_pass_loss.py)."""
+    With `target_pixels` (a resolution), the target picture too, in [-1, 1] and flipped alike, and its task's index in
+    icv_deploy.tasks.TASKS (for the losses on decoded pixels, training/one_pass_loss.py)."""
 
     def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
@@ -92,6 +93,7 @@ class CachedLatentExamples(torch.utils.data.Dataset):
         # only the target column: indexing the whole row would decode the input picture too
         self.targets = rows.select_columns(["edited_image"]) if target_pixels else None
         self.target_pixels = target_pixels
+        self.task_ids = torch.tensor([TASKS.index(task) for task in rows["task"]]) if target_pixels else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -107,5 +109,6 @@ class CachedLatentExamples(torch.utils.data.Dataset):
             size = (self.target_pixels, self.target_pixels)
             pixels = to_tensor(self.targets[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))
             example["target_pixels"] = pixels.flip(-1) if mirrored else pixels
+            example["task_id"] = self.task_ids[index]
         return example
 

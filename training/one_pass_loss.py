@@ -7,13 +7,20 @@ deterministic, so sampling has nothing to add. The runtime's `icv_deploy.one_pas
 reads the output here as at inference, so training and inference cannot drift apart.
 
     loss = MSE(clean latent, target latent)                                  over the whole batch
-         + decoded_weight * weighted L1 (decoded pixels, target pixels)     over the first `decoded_examples`
+         + decoded_weight * weighted L1 (decoded pixels, target pixels)     over `decoded_examples` of the batch
+         + mask_weight * (BCE + Dice) (decoded mask, target mask)          over the segmentation ones among them
 
 The decoded term puts the task loss after the VAE decoder, where the answers are read: the frozen decoder is run
 on the predicted latent and gradients flow back through it. It matters most for detection: the autoencoder does not
 reproduce one-pixel outlines from the targets' own latents, but the UNet can learn latents that decode to them.
 Outline pixels weigh more, as in the autoencoder stage (`outline_weight_map`). No conditioning dropout: guidance
 is folded into the weights (one row per instruction at inference, no guidance batch).
+
+The mask term is the segmentation loss of E2E-FT's task-specific fine-tuning: the runtime reads a mask as the pixels
+whose channel mean passes 127 (DESIGN.md 6), so an L1 fit of an uncertain answer ("which object is the cat?") paints
+a dim average that the threshold erases. BCE and Dice on a soft mask (a steep sigmoid around that threshold) reward
+committing to the pixels that are more likely in than out. With `mask_weight` > 0 the decoded examples are taken
+segmentation-first, so every batch carries the term.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from icv_deploy.one_pass import OnePass
+from icv_deploy.tasks import TASKS
+
+SEGMENTATION = TASKS.index("segmentation")
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class DecodedLoss:
     weight: float = 1.0  # of the decoded-pixel term against the latent MSE; 0 turns it off
     examples: int = 8  # decoded per micro-batch (the decoder's backward pass costs more than the small UNet's)
     outline_weight: float = 50.0  # extra weight of detection-outline pixels and their neighbours
+    mask_weight: float = 0.0  # of BCE + Dice on the decoded masks of segmentation examples; 0 turns it off
+    mask_sharpness: float = 10.0  # soft mask = sigmoid(sharpness * channel mean in [-1, 1]): 0.05 / 0.95 at -+0.3
 
 
 def outline_weight_map(pixels: torch.Tensor, outline_weight: float) -> torch.Tensor:
@@ -56,9 +68,36 @@ def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler
     terms = {"latent_mse": latent.item()}
     if decoded.weight <= 0 or decoded.examples <= 0:
         return latent, terms
-    n = min(decoded.examples, len(clean))
-    pixels = batch["target_pixels"][:n].float()
-    painted = vae.decode((clean[:n] / scaling).to(vae.dtype)).sample.float()
+    chosen = decoded_examples(batch["task_id"], decoded)
+    pixels = batch["target_pixels"][chosen].float()
+    painted = vae.decode((clean[chosen] / scaling).to(vae.dtype)).sample.float()
     pixel_l1 = (outline_weight_map(pixels, decoded.outline_weight) * (painted - pixels).abs()).mean()
     terms["pixel_l1"] = pixel_l1.item()
-    return latent + decoded.weight * pixel_l1, terms
+    loss = latent + decoded.weight * pixel_l1
+    masks = batch["task_id"][chosen] == SEGMENTATION
+    if decoded.mask_weight > 0 and masks.any():
+        mask = mask_loss(painted[masks], pixels[masks], decoded.mask_sharpness)
+        terms["mask_bce_dice"] = mask.item()
+        loss = loss + decoded.mask_weight * mask
+    return loss, terms
+
+
+def decoded_examples(task_ids: torch.Tensor, decoded: DecodedLoss) -> torch.Tensor:
+    """Indices of the batch examples that go through the decoder: the first `examples`, segmentation ones first
+    when the mask term is on (a stable order, so the rest keep the batch's random order)."""
+    order = torch.arange(len(task_ids))
+    if decoded.mask_weight > 0:
+        order = torch.argsort((task_ids != SEGMENTATION).to(torch.int8), stable=True)
+    return order[:decoded.examples]
+
+
+def mask_loss(painted: torch.Tensor, pixels: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """BCE + soft Dice between the decoded mask and the target mask (channel mean above the runtime's threshold),
+    per example, averaged; an empty target asks for an empty mask (the Dice smoothing term keeps it defined)."""
+    logits = sharpness * painted.mean(dim=1)
+    target = (pixels.mean(dim=1) > 0).float()  # 127.5 of 255 in [-1, 1]
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    soft = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    dice = 1 - (2 * (soft * target).sum(1) + 1) / (soft.sum(1) + target.sum(1) + 1)
+    return bce + dice.mean()

@@ -17,14 +17,23 @@ capabilities; elsewhere it silently runs f32 and logs the reason at debug level 
 runs its quantized layers in int8 whatever the hint; the hint covers the rest.
 
 Shapes: each call is compiled for its static input shapes (one working size and batch is what a service sees), and
-compiled models are kept per shape (`max_compiled` per submodel, least recently used dropped). OpenVINO's model
-cache on disk (`cache_dir`, CACHE_DIR; one subfolder per precision) makes a second start load the compiled blobs
-instead of recompiling. Each compiled model holds its own (repacked) weights: a service that sees many sizes should
-lower `max_compiled` or pass `static_shapes=False` (one dynamic-shape model, somewhat slower per call).
+compiled models are kept per shape (`max_compiled` per submodel, least recently used dropped). Each compiled model
+holds its own (repacked) weights: a service that sees many sizes should lower `max_compiled` or pass
+`static_shapes=False` (one dynamic-shape model, somewhat slower per call).
+
+The model cache (`cache_dir`): OpenVINO's CACHE_DIR (one subfolder per precision) makes a second start load the
+compiled blobs instead of recompiling. Models are compiled from files, never from a model object in memory: for a
+file OpenVINO maps the cached blob, while for a model object it first hashes every weight (touching all of them) and
+reads the blob in beside them, 1.8 GB more peak memory for the full-size UNet (6.1 GB against 4.3 GB for the whole
+pipeline). So each static shape is written once as its own IR under static-ir/ (weights in f16 for bf16 inference,
+f32 otherwise), keyed by the submodel's hashes in the manifest and the shape, and compiled from there; with the
+cache off, models are read and reshaped in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -33,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_dir
 from ..errors import IcvError, ModelFilesError
 from .base import ModelInfo
 from .onnx_backend import (FORMAT as ONNX_FORMAT, MANIFEST_NAME, NUMPY_TYPES, SUBMODEL_NAMES, check_exported_folder,
@@ -133,9 +143,11 @@ def check_model_io(model, entry: dict, path: Path) -> None:
 class OpenVinoBackend:
     name = "openvino"
 
-    def __init__(self, core, models: dict, info: ModelInfo, manifest: dict, kind: str, inference_precision: str,
-                 precision_reason: str, config: dict, static_shapes: bool = True, max_compiled: int = 4):
-        self.core, self.models, self.info, self.manifest, self.kind = core, models, info, manifest, kind
+    def __init__(self, core, sources: dict[str, Path], info: ModelInfo, manifest: dict, kind: str,
+                 inference_precision: str, precision_reason: str, config: dict, static_shapes: bool = True,
+                 max_compiled: int = 4, cache_dir: Path | None = None):
+        self.core, self.sources, self.info, self.manifest, self.kind = core, sources, info, manifest, kind
+        self.cache_dir = cache_dir  # this precision's folder of compiled blobs, or None: no model cache
         self.device, self.dtype = torch.device("cpu"), torch.float32  # model I/O type, for every precision
         self.inference_precision, self.precision_reason = inference_precision, precision_reason
         # What the numbers are computed in: int8 for a quantized folder (its UNet), else the inference precision.
@@ -182,20 +194,13 @@ class OpenVinoBackend:
             cache_dir = Path(cache_dir) / (inference_precision + (f"-{int(threads)}threads" if threads else ""))
             cache_dir.mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        models = {}
-        for name in SUBMODEL_NAMES:
+        sources = {}
+        for name in SUBMODEL_NAMES:  # read once to check, then dropped: compiling reads what it needs
             entry = manifest["submodels"][name]
-            path = folder / entry["path"]
-            try:
-                models[name] = core.read_model(str(path))
-            except Exception as exc:  # OpenVINO reports unreadable models as assorted RuntimeErrors
-                reason_ = " ".join(str(exc).split())[:300]
-                raise ModelFilesError(f"{path}: OpenVINO cannot read it ({reason_})") from None
-            check_model_io(models[name], entry, path)
-        backend = cls(core, models, info_from_manifest(manifest, folder), manifest, kind, inference_precision, reason,
-                      config, static_shapes, max_compiled)
-        backend.cache_dir = cache_dir  # this precision's folder of compiled blobs, or None
-        return backend
+            sources[name] = folder / entry["path"]
+            check_model_io(read_model(core, sources[name]), entry, sources[name])
+        return cls(core, sources, info_from_manifest(manifest, folder), manifest, kind, inference_precision, reason,
+                   config, static_shapes, max_compiled, cache_dir)
 
     # -- the four calls (docs/DESIGN.md 8) --------------------------------------------------------------------------
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -219,16 +224,41 @@ class OpenVinoBackend:
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
-        model = self.models[name]
-        if self.static_shapes:
-            model.reshape({k: list(v) for k, v in shapes.items()})  # the compiled model keeps its own copy
-        compiled = self.core.compile_model(model, "CPU", self.config)
+        compiled = self.core.compile_model(self.model_to_compile(name, shapes), "CPU", self.config)
         log.debug("openvino: %s compiled for %s (%s)%s", name, dict(shapes), self.inference_precision,
                   ", from the model cache" if _loaded_from_cache(compiled) else "")
         cache[key] = compiled
         while len(cache) > self.max_compiled:
             cache.popitem(last=False)
         return compiled
+
+    def model_to_compile(self, name: str, shapes: dict[str, tuple[int, ...]]):
+        """A file to compile (OpenVINO maps its cached blob: see the module's docstring), or without a model cache a
+        model read and reshaped in memory."""
+        source = self.sources[name]
+        if not self.static_shapes:
+            return str(source)  # the stored model, dynamic shapes
+        if self.cache_dir is None:
+            model = read_model(self.core, source)
+            model.reshape({k: list(v) for k, v in shapes.items()})
+            return model
+        path = self.static_ir_path(name, shapes)
+        if not path.exists():
+            model = read_model(self.core, source)
+            model.reshape({k: list(v) for k, v in shapes.items()})
+            with atomic_dir(path.parent) as tmp:
+                import openvino
+
+                openvino.save_model(model, str(tmp / IR_FILE), compress_to_fp16=self.inference_precision == "bf16")
+            log.debug("openvino: %s for %s written to %s", name, dict(shapes), path.parent)
+        return str(path)
+
+    def static_ir_path(self, name: str, shapes: dict[str, tuple[int, ...]]) -> Path:
+        """Where the static-shape IR of submodel `name` lives: beside the compiled blobs, named by the submodel's
+        files (their hashes in the manifest) and the shapes, so another model or shape never reuses it."""
+        files = json.dumps(self._specs[name], sort_keys=True).encode()
+        shape = "_".join("x".join(map(str, shapes[k])) for k in sorted(shapes))
+        return self.cache_dir / "static-ir" / f"{name}-{hashlib.sha256(files).hexdigest()[:16]}-{shape}" / IR_FILE
 
     def _run(self, name: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         dtypes = {spec["name"]: spec["dtype"] for spec in self._specs[name]["inputs"]}
@@ -237,6 +267,14 @@ class OpenVinoBackend:
         compiled = self.compiled_model(name, {k: tuple(a.shape) for k, a in arrays.items()})
         out = compiled(arrays)[0]  # a copy: the infer request's buffer is reused by the next call
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def read_model(core, path: Path):
+    try:
+        return core.read_model(str(path))
+    except Exception as exc:  # OpenVINO reports unreadable models as assorted RuntimeErrors
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelFilesError(f"{path}: OpenVINO cannot read it ({reason})") from None
 
 
 def _loaded_from_cache(compiled) -> bool:

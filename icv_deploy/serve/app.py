@@ -55,7 +55,9 @@ class InstructCVModel:
         self.settings = ServeSettings.from_args(settings)
         torch.set_num_threads(self.settings.torch_threads)
         s = self.settings
-        self.pipe = load(s.model, engine=s.engine, device=s.device, dtype=s.dtype, vae=s.vae)
+        # OpenVINO keeps its own thread pool: the replica's CPUs are its inference threads too.
+        options = {"threads": s.torch_threads} if s.engine == "openvino" else {}
+        self.pipe = load(s.model, engine=s.engine, device=s.device, dtype=s.dtype, vae=s.vae, **options)
         self.pipe.progress = False
         self.reconfigure(s.batching())
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from ..backends import ENGINES
 from ..cli_common import debug_option, one_line_errors
 from ..errors import IcvError
 from .settings import API_KEY_ENV, APP_NAME, ServeSettings, is_loopback
@@ -39,11 +40,13 @@ def settings_options(f):
     options = [
         click.option("--model", default=None, show_default="$ICV_MODEL, else demo",
                      help="A bundled model by name, a diffusers folder or hub id (torch), an ONNX folder (onnx) or an "
-                          "engine folder (trt), as icv-infer takes it. On a cluster, a path every node has."),
-        click.option("--engine", type=click.Choice(["torch", "onnx", "trt"]), default=d.engine, show_default=True),
+                          "engine folder (trt), an ONNX or OpenVINO IR folder (openvino), as icv-infer takes it. On a "
+                          "cluster, a path every node has."),
+        click.option("--engine", type=click.Choice(ENGINES), default=d.engine, show_default=True),
         click.option("--device", default=d.device, show_default=True, help="cpu, cuda or cuda:N (inside each replica)."),
         click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-                     help="Torch precision [default: fp16 on CUDA, fp32 on CPU]."),
+                     help="Precision [default: torch fp16 on CUDA, fp32 on CPU; openvino the folder's, bf16 where the "
+                          "CPU has it]."),
         click.option("--vae", type=click.Choice(["full", "tiny"]), default=None, help="As icv-infer --vae."),
         click.option("--replicas", type=click.IntRange(1), default=d.replicas, show_default=True,
                      help="Model replicas (each loads the model once)."),
@@ -60,7 +63,7 @@ def settings_options(f):
         click.option("--num-gpus", type=click.FloatRange(0), default=None, show_default="1 with a cuda device, else 0",
                      help="Ray GPUs per model replica (1: one replica per GPU)."),
         click.option("--threads", type=click.IntRange(1), default=None, show_default="--num-cpus",
-                     help="Torch CPU threads per replica."),
+                     help="CPU threads per replica (torch; openvino's inference threads)."),
         click.option("--max-body-mb", type=click.FloatRange(0, min_open=True), default=d.max_body_mb, show_default=True),
         click.option("--max-pixels", type=click.IntRange(1), default=d.max_pixels, show_default=True),
         click.option("--max-instructions", type=click.IntRange(1), default=d.max_instructions, show_default=True,

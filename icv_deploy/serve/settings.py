@@ -12,6 +12,7 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 
+from ..backends import ENGINES
 from ..errors import IcvError
 
 APP_NAME = "icv"
@@ -71,7 +72,7 @@ class ServeSettings:
             if not ok:
                 raise IcvError(message)
 
-        need(self.engine in ("torch", "onnx", "trt"), f"engine {self.engine!r}: choose torch, onnx or trt")
+        need(self.engine in ENGINES, f"engine {self.engine!r}: choose {', '.join(ENGINES)}")
         for name in ("replicas", "max_batch_size", "max_queue", "max_instructions", "max_instruction_chars",
                      "max_steps", "max_resolution", "max_pixels", "retry_after_s"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= (0 if name == "max_queue" else 1),
