@@ -114,7 +114,8 @@ def main(images, instructions, model, engine, device, vae, steps, sampler, seed,
         all_results.append(results)
 
     s = all_results[0][0].settings
-    title = f"model {model}: {s['sampler']}, {s['steps']} steps, {s['resolution'] or 'native'} px, {s['engine']}"
+    sampling = "one UNet pass" if pipe.one_pass else f"{s['sampler']}, {s['steps']} step{'' if s['steps'] == 1 else 's'}"
+    title = f"model {model}: {sampling}, {s['resolution'] or 'native'} px, {s['engine']}"
     sheet = contact_sheet(pictures, all_results, [p.name for p in images], title=title,
                           warning=RANDOM_WEIGHTS_TITLE if pipe.random_weights else "", caveat=pipe.caveat)
     with atomic.atomic_path(output / SHEET_NAME, suffix=".png") as tmp:

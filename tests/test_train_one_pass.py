@@ -29,7 +29,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
-    """60 steps of one-pass training with the decoded-pixel and mask losses on both examples of each batch of 2."""
+    """60 steps of one-pass training with the decoded-pixel, mask and box losses on both examples of each batch of 2."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     output = tmp_path_factory.mktemp("one-pass") / "run"
@@ -37,7 +37,7 @@ def trained(data_dir, tmp_path_factory):
         result = run_in_process(data=str(data_dir), output=str(output), max_steps=60, checkpoint_every=0,
                                 validation_every=0, learning_rate=1e-3, ema_decay=0.5,
                                 decoded_loss={"weight": 1.0, "examples": 2, "outline_weight": 10.0,
-                                              "mask_weight": 1.0}, **ONE_PASS)
+                                              "mask_weight": 1.0, "box_weight": 1.0}, **ONE_PASS)
     finally:
         torch.set_num_threads(before)
     return result, output
@@ -47,7 +47,8 @@ def test_one_pass_training_learns_and_logs_both_terms(trained):
     result, output = trained
     logged = read_losses(output)
     assert {"latent_mse", "pixel_l1"} <= set(logged[0])
-    assert any("mask_bce_dice" in row for row in logged)  # on the batches that hold a segmentation example
+    # on the batches that hold a segmentation / detection example
+    assert any("mask_bce_dice" in row for row in logged) and any("box_bce_dice" in row for row in logged)
     # Per-epoch means (8 examples, batches of 2: 4 steps an epoch): single batches differ too much by task.
     latent = np.array([r["latent_mse"] for r in logged]).reshape(-1, 4).mean(axis=1)
     pixels = np.array([r["pixel_l1"] for r in logged]).reshape(-1, 4).mean(axis=1)
@@ -143,27 +144,48 @@ def test_outline_pixels_and_their_sides_weigh_more():
 def test_the_mask_term_rewards_committing_to_the_likelier_pixels():
     """An uncertain answer painted as a dim grey (which the runtime's threshold at 127 reads as no mask) costs more
     than the committed mask, and its gradient brightens the mask pixels and darkens the rest."""
-    from icv_deploy.training.one_pass_loss import mask_loss
+    from icv_deploy.training.one_pass_loss import DecodedLoss, mask_loss
 
     target = torch.full((1, 3, 8, 8), -1.0)
     target[..., 2:6, 2:6] = 1.0  # a white square on black
     committed = target * 0.8
     dim = torch.where(target > 0, -0.2, -0.6).requires_grad_(True)  # brighter on the square, but under 127
-    assert mask_loss(committed, target, 10.0) < 0.1 < mask_loss(dim, target, 10.0)
-    mask_loss(dim, target, 10.0).backward()
+    settings = DecodedLoss()
+    assert mask_loss(committed, target, settings) < 0.1 < mask_loss(dim, target, settings)
+    mask_loss(dim, target, settings).backward()
     inside = target[0, 0] > 0
     assert (dim.grad[0, :, inside] < 0).all() and (dim.grad[0, :, ~inside] > 0).all()
     # An empty target (the category is absent) asks for an empty mask.
     empty = torch.full((1, 3, 8, 8), -1.0)
-    assert mask_loss(empty * 0.9, empty, 10.0) < 0.01 < mask_loss(committed, empty, 10.0)
+    assert mask_loss(empty * 0.9, empty, settings) < 0.01 < mask_loss(committed, empty, settings)
 
 
-def test_segmentation_examples_are_decoded_first_when_the_mask_term_is_on():
+def test_the_box_term_rewards_pure_blue_outlines_and_nothing_blue_elsewhere():
+    """A faint bluish outline (under the decoder's blue threshold) costs more than a pure blue one; its gradient
+    makes the outline bluer (blue up, red and green down) and keeps the rest from turning blue."""
+    from icv_deploy.training.one_pass_loss import DecodedLoss, box_loss
+
+    target = torch.full((1, 3, 12, 12), -1.0)
+    target[0, 2, 2, 2:10] = target[0, 2, 9, 2:10] = target[0, 2, 2:10, 2] = target[0, 2, 2:10, 9] = 1.0  # a box outline
+    line = target[0, 2] > 0
+    scene = torch.full((1, 3, 12, 12), 0.2)  # grey everywhere else
+    committed = torch.where(line, target, scene)
+    faint = torch.where(line, torch.tensor([-0.2, -0.2, 0.3])[:, None, None], scene).requires_grad_(True)
+    settings = DecodedLoss(box_weight=1.0)
+    assert box_loss(committed, target, settings) < 0.15 < box_loss(faint, target, settings)
+    box_loss(faint, target, settings).backward()
+    assert (faint.grad[0, 2][line] < 0).all() and (faint.grad[0, :2][:, line] > 0).all()
+    assert (faint.grad[0, 2][~line] > 0).all()  # blue off the outline is pushed down
+
+
+def test_examples_of_the_tasks_with_a_term_are_decoded_first():
     from icv_deploy.training.one_pass_loss import DecodedLoss, decoded_examples
 
-    task_ids = torch.tensor([2, 0, 1, 0, 3, 2])  # segmentation is 0
+    task_ids = torch.tensor([2, 0, 1, 0, 3, 2])  # segmentation is 0, detection 1
     assert decoded_examples(task_ids, DecodedLoss(examples=3)).tolist() == [0, 1, 2]
     assert decoded_examples(task_ids, DecodedLoss(examples=3, mask_weight=1.0)).tolist() == [1, 3, 0]
+    assert decoded_examples(task_ids, DecodedLoss(examples=4, mask_weight=1.0, box_weight=1.0)).tolist() == [1, 2, 3, 0]
+    assert decoded_examples(task_ids, DecodedLoss(examples=2, box_weight=1.0)).tolist() == [2, 0]
 
 
 @pytest.mark.parametrize("settings, message", [

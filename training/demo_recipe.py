@@ -13,8 +13,8 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
     8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
                                                                           fine-tuned from stage 6's model)
     9. masks      icv-train       --config demo-1step-masks              (stage 8's model again, with a mask loss)
-`--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--masks-only --install` runs
-stage 9 alone from the bundled demo-1step (how the shipped demo-1step was made: stage 8 on 2026-11-30, stage 9 on
+`--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--stage 9 --install` runs stage 9
+alone from the bundled demo-1step (how the shipped demo-1step was made: stage 8 on 2026-11-30, stage 9 on
 2026-12-01).
 Status: the shipped demo (2026-11-30) follows instructions for depth (held-out AbsRel 0.12) and roughly for
 segmentation (mIoU 0.12); detection and classification are not learnt yet (icv_deploy/assets/demo/MODEL_CARD.md).
@@ -116,21 +116,27 @@ def run_recipe(work: Path, install_as: str | None, one_step: bool = False) -> Pa
     return model
 
 
-def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, masks_only: bool = False) -> Path:
+# The one-pass stages: (number, config, output folder under WORK)
+ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"))
+
+
+def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, only: int | None = None) -> Path:
     """Stages 8 and 9: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
-    that with the mask loss (demo-1step-masks.yaml); `masks_only`: `base` is already a one-pass model, stage 9 only."""
+    with the mask loss (demo-1step-masks.yaml); `only`: that stage alone, `base` being the one-pass model of the stage
+    before."""
     from .config import load_config
     from .train import train
 
     model = base
-    stages = (("demo-1step-masks", "one-step-masks"),) if masks_only else (
-        ("demo-1step", "one-step"), ("demo-1step-masks", "one-step-masks"))
-    for config, output in stages:
+    for number, config, output in ONE_STEP_STAGES:
+        if only is not None and number != only:
+            continue
         cfg = load_config(config, {"data": str(work / "data"), "output": str(work / output),
                                    "base_model": str(model), "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
     if install_as:
-        model = install(model, install_as, {"trained_with": "training/demo_recipe.py --one-step",
+        how = f"--stage {only} (on the bundled demo-1step)" if only else "--one-step"
+        model = install(model, install_as, {"trained_with": f"training/demo_recipe.py {how}",
                                             "mixed_precision": precision})
     return model
 
@@ -144,18 +150,19 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
 @click.option("--one-step-only", is_flag=True,
               help="Only stages 8 and 9, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
                    "missing).")
-@click.option("--masks-only", is_flag=True, help="Only stage 9, from the bundled demo-1step model.")
+@click.option("--stage", type=click.Choice(["9"]), default=None,
+              help="Only this one-pass stage, from the bundled demo-1step model.")
 @debug_option
 @one_line_errors
-def main(work, install_as, one_step, one_step_only, masks_only):
+def main(work, install_as, one_step, one_step_only, stage):
     """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder (and, with
     --one-step, the one-pass demo-1step from it).
 
     Resumes every stage; rerun the same command after an interruption.
     """
-    if one_step_only or masks_only:
-        model = run_one_step(prepare_data(work), "demo-1step" if masks_only else "demo",
-                             install_as and f"{install_as}-1step", training_precision(), masks_only)
+    if one_step_only or stage:
+        model = run_one_step(prepare_data(work), "demo-1step" if stage else "demo", install_as and f"{install_as}-1step",
+                             training_precision(), int(stage) if stage else None)
     else:
         model = run_recipe(work, install_as, one_step)
     click.echo(f"model: {model}")

@@ -9,18 +9,23 @@ reads the output here as at inference, so training and inference cannot drift ap
     loss = MSE(clean latent, target latent)                                  over the whole batch
          + decoded_weight * weighted L1 (decoded pixels, target pixels)     over `decoded_examples` of the batch
          + mask_weight * (BCE + Dice) (decoded mask, target mask)          over the segmentation ones among them
+         + box_weight * (BCE + Dice) (decoded outlines, target outlines)   over the detection ones among them
 
 The decoded term puts the task loss after the VAE decoder, where the answers are read: the frozen decoder is run
 on the predicted latent and gradients flow back through it. It matters most for detection: the autoencoder does not
 reproduce one-pixel outlines from the targets' own latents, but the UNet can learn latents that decode to them.
-Outline pixels weigh more, as in the autoencoder stage (`outline_weight_map`). No conditioning dropout: guidance
-is folded into the weights (one row per instruction at inference, no guidance batch).
+Outline pixels weigh more, as in the autoencoder stage (`outline_weight_map`). For depth the pixel L1 is the L1
+in metres (grey is linear in depth: 10 m span the 2 units of [-1, 1]); for classification, of the colour card.
+No conditioning dropout: guidance is folded into the weights (one row per instruction at inference, no guidance
+batch).
 
 The mask term is the segmentation loss of E2E-FT's task-specific fine-tuning: the runtime reads a mask as the pixels
 whose channel mean passes 127 (DESIGN.md 6), so an L1 fit of an uncertain answer ("which object is the cat?") paints
 a dim average that the threshold erases. BCE and Dice on a soft mask (a steep sigmoid around that threshold) reward
-committing to the pixels that are more likely in than out. With `mask_weight` > 0 the decoded examples are taken
-segmentation-first, so every batch carries the term.
+committing to the pixels that are more likely in than out. The box term does the same for detection: the runtime
+reads boxes from pure-blue strokes, so a soft "blueness" (blue minus the larger of red and green) is pushed over
+the line on the target's outline pixels and under it elsewhere. The decoded examples are taken from the tasks whose
+term is on first, so every batch carries them.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 from icv_deploy.one_pass import OnePass
 from icv_deploy.tasks import TASKS
 
-SEGMENTATION = TASKS.index("segmentation")
+SEGMENTATION, DETECTION = TASKS.index("segmentation"), TASKS.index("detection")
 
 
 @dataclass(frozen=True)
@@ -43,13 +48,19 @@ class DecodedLoss:
     outline_weight: float = 50.0  # extra weight of detection-outline pixels and their neighbours
     mask_weight: float = 0.0  # of BCE + Dice on the decoded masks of segmentation examples; 0 turns it off
     mask_sharpness: float = 10.0  # soft mask = sigmoid(sharpness * channel mean in [-1, 1]): 0.05 / 0.95 at -+0.3
+    box_weight: float = 0.0  # of BCE + Dice on the decoded outline pixels of detection examples; 0 turns it off
+    box_sharpness: float = 10.0  # soft outline = sigmoid(sharpness * (blueness - 0.4)), blueness = (B - max(R, G)) / 2
 
 
 def outline_weight_map(pixels: torch.Tensor, outline_weight: float) -> torch.Tensor:
     """1 everywhere, 1 + outline_weight on and beside pure blue (0, 0, 255) pixels of `pixels` in [-1, 1]."""
-    pure_blue = (pixels[:, 2] > 0.9) & (pixels[:, 0] < -0.8) & (pixels[:, 1] < -0.8)  # within 25 of (0, 0, 255)
-    near_outline = F.max_pool2d(pure_blue[:, None].float(), 3, stride=1, padding=1)  # the line and its sides
+    near_outline = F.max_pool2d(pure_blue(pixels)[:, None].float(), 3, stride=1, padding=1)  # the line and its sides
     return 1.0 + outline_weight * near_outline
+
+
+def pure_blue(pixels: torch.Tensor) -> torch.Tensor:
+    """Where `pixels` in [-1, 1] are within 25 of (0, 0, 255), the outline colour of detection targets."""
+    return (pixels[:, 2] > 0.9) & (pixels[:, 0] < -0.8) & (pixels[:, 1] < -0.8)
 
 
 def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler_config: dict,
@@ -74,30 +85,40 @@ def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler
     pixel_l1 = (outline_weight_map(pixels, decoded.outline_weight) * (painted - pixels).abs()).mean()
     terms["pixel_l1"] = pixel_l1.item()
     loss = latent + decoded.weight * pixel_l1
-    masks = batch["task_id"][chosen] == SEGMENTATION
-    if decoded.mask_weight > 0 and masks.any():
-        mask = mask_loss(painted[masks], pixels[masks], decoded.mask_sharpness)
-        terms["mask_bce_dice"] = mask.item()
-        loss = loss + decoded.mask_weight * mask
+    for task, weight, term, name in ((SEGMENTATION, decoded.mask_weight, mask_loss, "mask_bce_dice"),
+                                     (DETECTION, decoded.box_weight, box_loss, "box_bce_dice")):
+        these = batch["task_id"][chosen] == task
+        if weight > 0 and these.any():
+            value = term(painted[these], pixels[these], decoded)
+            terms[name] = value.item()
+            loss = loss + weight * value
     return loss, terms
 
 
 def decoded_examples(task_ids: torch.Tensor, decoded: DecodedLoss) -> torch.Tensor:
-    """Indices of the batch examples that go through the decoder: the first `examples`, segmentation ones first
-    when the mask term is on (a stable order, so the rest keep the batch's random order)."""
-    order = torch.arange(len(task_ids))
-    if decoded.mask_weight > 0:
-        order = torch.argsort((task_ids != SEGMENTATION).to(torch.int8), stable=True)
-    return order[:decoded.examples]
+    """Indices of the batch examples that go through the decoder: the first `examples`, those of the tasks whose
+    term is on first (a stable order, so the rest keep the batch's random order)."""
+    first = [task for task, weight in ((SEGMENTATION, decoded.mask_weight), (DETECTION, decoded.box_weight)) if weight > 0]
+    later = ~torch.isin(task_ids, torch.tensor(first, dtype=task_ids.dtype))
+    return torch.argsort(later.to(torch.int8), stable=True)[:decoded.examples]
 
 
-def mask_loss(painted: torch.Tensor, pixels: torch.Tensor, sharpness: float) -> torch.Tensor:
-    """BCE + soft Dice between the decoded mask and the target mask (channel mean above the runtime's threshold),
-    per example, averaged; an empty target asks for an empty mask (the Dice smoothing term keeps it defined)."""
-    logits = sharpness * painted.mean(dim=1)
-    target = (pixels.mean(dim=1) > 0).float()  # 127.5 of 255 in [-1, 1]
+def mask_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss) -> torch.Tensor:
+    """BCE + soft Dice between the decoded mask and the target mask (channel mean above the runtime's threshold);
+    an empty target asks for an empty mask."""
+    return bce_dice(decoded.mask_sharpness * painted.mean(dim=1), (pixels.mean(dim=1) > 0).float())  # 127.5 of 255
+
+
+def box_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss) -> torch.Tensor:
+    """BCE + soft Dice between the decoded outline pixels (soft blueness) and the target's pure-blue outlines."""
+    blueness = (painted[:, 2] - torch.maximum(painted[:, 0], painted[:, 1])) / 2  # 0..1 as (B - max(R, G)) / 255
+    return bce_dice(decoded.box_sharpness * (blueness - 0.4), pure_blue(pixels).float())
+
+
+def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE over every pixel plus soft Dice per example, averaged (the Dice smoothing term keeps empty targets
+    defined); Dice keeps thin or small targets from being outvoted by the background."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
-    soft = torch.sigmoid(logits).flatten(1)
-    target = target.flatten(1)
+    soft, target = torch.sigmoid(logits).flatten(1), target.flatten(1)
     dice = 1 - (2 * (soft * target).sum(1) + 1) / (soft.sum(1) + target.sum(1) + 1)
     return bce + dice.mean()
