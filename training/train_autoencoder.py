@@ -183,17 +183,18 @@ def train_autoencoder(cfg: AutoencoderConfig, resume: str | None = None) -> Path
         vae.quant_conv.requires_grad_(False)
         trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     optimizer = torch.optim.AdamW(trained, lr=cfg.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
     step = 0
     checkpoint = _latest_checkpoint(output / "checkpoints") if resume == "latest" else (Path(resume) if resume else None)
     if checkpoint is not None:
         vae.load_state_dict(load_file(checkpoint / "model.safetensors"))
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         step = json.loads((checkpoint / STATE_FILE).read_text())["step"]
-        schedule.last_epoch = step - 1
-        schedule.step()
         click.echo(f"resumed from {checkpoint} at step {step}", err=True)
+    # Made after the optimizer state is restored: a resumed schedule starts at `step` (its base rate is the
+    # optimizer's saved initial_lr).
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+                                                 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)),
+                                                 last_epoch=step - 1)
     log_file = output / "logs" / "losses.jsonl"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     vae.train()
