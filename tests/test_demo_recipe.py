@@ -54,10 +54,10 @@ def test_stage_9_alone_starts_from_the_bundled_one_pass_model_and_installs_it(tr
 @pytest.mark.parametrize("name", ["demo-1step", "demo-1step-masks"])
 def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     from icv_deploy.training.config import load_config
-    from icv_deploy.training.train import one_pass_objective
+    from icv_deploy.training.train import objective_settings
 
     cfg = load_config(name)
     scheduler = {"num_train_timesteps": 1000, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
-    mode, decoded = one_pass_objective(cfg, scheduler)
+    mode, decoded = objective_settings(cfg, scheduler)
     assert mode.timestep == 999 and decoded.weight > 0
     assert (decoded.mask_weight > 0) == (name == "demo-1step-masks")

@@ -188,10 +188,49 @@ def test_examples_of_the_tasks_with_a_term_are_decoded_first():
     assert decoded_examples(task_ids, DecodedLoss(examples=2, box_weight=1.0)).tolist() == [2, 0]
 
 
+def test_the_clean_latent_of_an_exact_prediction_is_the_target():
+    """predicted_clean_latents inverts diffusers' own forward process: the prediction diffusers' scheduler calls
+    right (its velocity, or the noise) gives back the latent that was noised, at every timestep."""
+    from diffusers import DDPMScheduler
+
+    from icv_deploy.training.train import predicted_clean_latents
+
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 4, 8, 8, generator=gen)
+    t = torch.tensor([0, 250, 700, 999])
+    for kind in ("v_prediction", "epsilon"):
+        scheduler = DDPMScheduler(prediction_type=kind, rescale_betas_zero_snr=kind == "v_prediction")
+        noisy = scheduler.add_noise(x0, noise, t)
+        exact = scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else noise
+        clean = predicted_clean_latents(exact, noisy, t, scheduler)
+        checked = slice(None) if kind == "v_prediction" else slice(0, 3)  # epsilon at zero SNR carries no x0
+        torch.testing.assert_close(clean[checked], x0[checked], atol=1e-3, rtol=1e-3)
+
+
+def test_the_sampled_objective_takes_the_decoded_terms_too(data_dir, tmp_path):
+    """objective instruct_pix2pix with a decoded_loss section: the mask term is computed on the clean latent the
+    v-prediction implies, logged beside the prediction MSE, and changes what is learnt."""
+    common = dict(data=str(data_dir), max_steps=8, checkpoint_every=0, validation_every=0, learning_rate=1e-3,
+                  cache_latents=True, resize_max=16, random_flip=False, conditioning_dropout_prob=0.0, use_ema=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with_mask = run_in_process(output=str(tmp_path / "mask"), decoded_loss={"weight": 0.0, "mask_weight": 1.0,
+                                                                                 "examples": 2}, **common)
+        plain = run_in_process(output=str(tmp_path / "plain"), **common)
+    finally:
+        torch.set_num_threads(before)
+    logged = read_losses(tmp_path / "mask")
+    assert all("prediction_mse" in row for row in logged) and any("mask_bce_dice" in row for row in logged)
+    assert not any("mask_bce_dice" in row for row in read_losses(tmp_path / "plain"))
+    assert with_mask.losses != plain.losses
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"objective": "one_pass", "cache_latents": False}, "objective one_pass trains on cached latents"),
     ({**ONE_PASS, "one_pass": {"steps": 1}}, "unknown one_pass key(s) steps"),
     ({**ONE_PASS, "decoded_loss": {"weigth": 1.0}}, "unknown decoded_loss key(s) weigth"),
+    ({"decoded_loss": {"mask_weight": 1.0}}, "decoded_loss trains on cached latents"),
     ({**ONE_PASS, "one_pass": {"noise_input": "noise"}}, "unknown noise_input 'noise'"),
     ({"objective": "consistency"}, "objective must be instruct_pix2pix or one_pass"),
 ])

@@ -67,8 +67,10 @@ class TrainConfig:
     # The objective: "instruct_pix2pix" (noise a target latent, predict eps or v, sample at inference) or
     # "one_pass" (training/one_pass_loss.py: a fixed timestep and input, the clean latent compared with the target,
     # plus a loss on the decoded pixels; needs cache_latents). `one_pass` is the mode written to the model's
-    # icv_config.json (icv_deploy/one_pass.py: timestep, noise_input, prediction_type); `decoded_loss` the weights
-    # of one_pass_loss.DecodedLoss (weight, examples, outline_weight).
+    # icv_config.json (icv_deploy/one_pass.py: timestep, noise_input, prediction_type); `decoded_loss` the fields
+    # of one_pass_loss.DecodedLoss (weight, examples, outline_weight, mask_weight, box_weight, ...). With objective
+    # instruct_pix2pix a decoded_loss section adds the same terms on the clean latent each prediction implies at
+    # its timestep (needs cache_latents).
     objective: str = "instruct_pix2pix"
     one_pass: dict = field(default_factory=dict)
     decoded_loss: dict = field(default_factory=dict)
@@ -108,6 +110,9 @@ class TrainConfig:
             raise IcvError(f"objective must be instruct_pix2pix or one_pass, got {self.objective!r}")
         if self.objective == "one_pass" and not self.cache_latents:
             raise IcvError("objective one_pass trains on cached latents: set cache_latents: true")
+        if self.decoded_loss and not self.cache_latents:
+            raise IcvError("decoded_loss trains on cached latents (they carry the target pictures and tasks): set "
+                           "cache_latents: true")
         return self
 
     def to_dict(self) -> dict:

@@ -51,6 +51,11 @@ class DecodedLoss:
     box_weight: float = 0.0  # of BCE + Dice on the decoded outline pixels of detection examples; 0 turns it off
     box_sharpness: float = 10.0  # soft outline = sigmoid(sharpness * (blueness - 0.4)), blueness = (B - max(R, G)) / 2
 
+    @property
+    def active(self) -> bool:
+        """Whether any decoded term is on (the decoder runs, the batches carry target pictures and task ids)."""
+        return self.examples > 0 and max(self.weight, self.mask_weight, self.box_weight) > 0
+
 
 def outline_weight_map(pixels: torch.Tensor, outline_weight: float) -> torch.Tensor:
     """1 everywhere, 1 + outline_weight on and beside pure blue (0, 0, 255) pixels of `pixels` in [-1, 1]."""
@@ -76,15 +81,26 @@ def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler
                   return_dict=False)[0]
     clean = mode.clean_latents(output.float(), noise_in.float(), scheduler_config)
     latent = F.mse_loss(clean, target.float())
-    terms = {"latent_mse": latent.item()}
-    if decoded.weight <= 0 or decoded.examples <= 0:
-        return latent, terms
-    chosen = decoded_examples(batch["task_id"], decoded)
+    decoded_loss, terms = decoded_terms(clean, batch, vae, decoded)
+    return latent + decoded_loss, {"latent_mse": latent.item(), **terms}
+
+
+def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, candidates: torch.Tensor | None = None):
+    """(sum of the weighted decoded terms, their values) for predicted clean latents `clean` (scaled): the pixel L1,
+    mask and box terms over `decoded.examples` of the `candidates` (batch indices; default all), the tasks with a
+    term first. Shared by the one-pass objective and the sampled one (training/train.py), which passes the
+    examples whose conditioning was not dropped."""
+    if not decoded.active:
+        return 0.0, {}
+    candidates = torch.arange(len(clean)) if candidates is None else candidates
+    chosen = candidates[decoded_examples(batch["task_id"][candidates], decoded)]
     pixels = batch["target_pixels"][chosen].float()
-    painted = vae.decode((clean[chosen] / scaling).to(vae.dtype)).sample.float()
-    pixel_l1 = (outline_weight_map(pixels, decoded.outline_weight) * (painted - pixels).abs()).mean()
-    terms["pixel_l1"] = pixel_l1.item()
-    loss = latent + decoded.weight * pixel_l1
+    painted = vae.decode((clean[chosen] / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+    loss, terms = 0.0, {}
+    if decoded.weight > 0:
+        pixel_l1 = (outline_weight_map(pixels, decoded.outline_weight) * (painted - pixels).abs()).mean()
+        terms["pixel_l1"] = pixel_l1.item()
+        loss = decoded.weight * pixel_l1
     for task, weight, term, name in ((SEGMENTATION, decoded.mask_weight, mask_loss, "mask_bce_dice"),
                                      (DETECTION, decoded.box_weight, box_loss, "box_bce_dice")):
         these = batch["task_id"][chosen] == task

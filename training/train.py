@@ -30,7 +30,7 @@ from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
-from .one_pass_loss import one_pass_loss
+from .one_pass_loss import decoded_terms, one_pass_loss
 
 logger = logging.getLogger("icv_deploy.training")
 
@@ -54,8 +54,11 @@ def dropout_masks(u: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor
     return u < 2 * p, (u >= p) & (u < 3 * p)
 
 
-def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_text, dropout: float, gen, weight_dtype):
-    """Epsilon (or v) MSE of the InstructPix2Pix objective with conditioning dropout."""
+def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_text, dropout: float, gen, weight_dtype,
+                          decoded=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, its terms): epsilon (or v) MSE of the InstructPix2Pix objective with conditioning dropout, plus with
+    `decoded` (a DecodedLoss, cached latents) the decoded-pixel terms of training/one_pass_loss.py on the clean
+    latent the prediction implies at its timestep, for the examples that kept both conditions."""
     from diffusers.utils.torch_utils import randn_tensor
 
     if "image_latents" in batch:  # cached (training/latent_cache.py): the same quantities, encoded once
@@ -87,21 +90,37 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    if decoded is None or not decoded.active:
+        return loss, {}
+    clean = predicted_clean_latents(prediction.float(), noisy_latents.float(), timesteps, noise_scheduler)
+    extra, terms = decoded_terms(clean, batch, vae, decoded, (~drop_text & ~drop_image).nonzero().flatten())
+    return loss + extra, {"prediction_mse": loss.item(), **terms}
 
 
-def one_pass_objective(cfg: TrainConfig, scheduler_config: dict):
-    """(OnePass, DecodedLoss) of a config with objective one_pass, checked; (None, None) otherwise."""
+def predicted_clean_latents(prediction, noisy_latents, timesteps, noise_scheduler) -> torch.Tensor:
+    """The clean latent a prediction implies at its timestep: x0 = sqrt(a) x_t - sqrt(1 - a) v for v-prediction,
+    (x_t - sqrt(1 - a) eps) / sqrt(a) for epsilon (a = alphas_cumprod[t])."""
+    alpha = noise_scheduler.alphas_cumprod.to(noisy_latents.device)[timesteps].float().view(-1, 1, 1, 1)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return alpha.sqrt() * noisy_latents - (1 - alpha).sqrt() * prediction
+    return (noisy_latents - (1 - alpha).sqrt() * prediction) / alpha.sqrt().clamp(min=1e-4)
+
+
+def objective_settings(cfg: TrainConfig, scheduler_config: dict):
+    """(OnePass or None, DecodedLoss or None) of a config, checked: the one-pass mode of objective one_pass, and the
+    decoded-pixel terms (always for one_pass; for instruct_pix2pix when the config has a decoded_loss section)."""
     from icv_deploy.one_pass import ONE_PASS, OnePass
 
     from .one_pass_loss import DecodedLoss
 
-    if cfg.objective != "one_pass":
-        return None, None
-    reject_unknown_keys("one_pass", cfg.one_pass, OnePass.__dataclass_fields__)
     reject_unknown_keys("decoded_loss", cfg.decoded_loss, DecodedLoss.__dataclass_fields__)
+    decoded = DecodedLoss(**cfg.decoded_loss) if cfg.objective == "one_pass" or cfg.decoded_loss else None
+    if cfg.objective != "one_pass":
+        return None, decoded
+    reject_unknown_keys("one_pass", cfg.one_pass, OnePass.__dataclass_fields__)
     mode = OnePass.from_config({**cfg.one_pass, "mode": ONE_PASS}, scheduler_config, where="the one_pass config")
-    return mode, DecodedLoss(**cfg.decoded_loss)
+    return mode, decoded
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
@@ -149,7 +168,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                                       architecture=cfg.architecture, base_vae=cfg.base_vae)
     unet, vae, text_encoder, tokenizer = models.unet, models.vae, models.text_encoder, models.tokenizer
     scheduler_config = dict(models.noise_scheduler.config)
-    one_pass, decoded = one_pass_objective(cfg, scheduler_config)
+    one_pass, decoded = objective_settings(cfg, scheduler_config)
     if models.widened:
         logger.info("widened the base UNet's conv_in from 4 to 8 input channels")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -191,7 +210,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     if cache is not None:
         from .latent_cache import CachedLatentExamples
 
-        pixels = cfg.resolution if one_pass is not None and decoded.weight > 0 else None  # for the decoded loss
+        pixels = cfg.resolution if decoded is not None and decoded.active else None  # for the decoded terms
         examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels)
     else:
         examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
@@ -278,11 +297,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             with accelerator.accumulate(*trained):
                 if one_pass is None:
                     null = null_text_embedding() if cfg.train_text_encoder else null_text
-                    loss = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
-                                                 cfg.conditioning_dropout_prob, gen, weight_dtype)
+                    loss, terms = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
+                                                        cfg.conditioning_dropout_prob, gen, weight_dtype, decoded)
                 else:
                     loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass, scheduler_config, decoded)
-                    running_terms.append(terms)
+                running_terms.append(terms)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -298,8 +317,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 ema_text.step(accelerator.unwrap_model(text_encoder).parameters())
             step += 1
             mean_loss, running = float(np.mean(running)), []
-            # the one-pass loss's terms (none for the InstructPix2Pix loss), logged beside the loss
-            mean_terms = {k: round(float(np.mean([t[k] for t in running_terms])), 6) for k in (running_terms or [{}])[0]}
+            # the loss's terms (the one-pass latent MSE, the decoded terms), logged beside it; a term is missing from
+            # the batches without its task, so each is averaged over the batches that had it
+            names = sorted({k for t in running_terms for k in t})
+            mean_terms = {k: round(float(np.mean([t[k] for t in running_terms if k in t])), 6) for k in names}
             running_terms = []
             result.losses[step] = mean_loss
             lr = lr_scheduler.get_last_lr()[0]
