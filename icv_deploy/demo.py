@@ -4,8 +4,9 @@
 
 The contact sheet has a row per image and a column per instruction (the input first), each column labelled with
 its instruction, each row with its image's name; the title names the model and its settings, and says so in red when
-the weights are random, or in amber what a trained model is known to get wrong (the `caveat` of its icv_config.json). Every instruction also writes what `icv-infer` writes (visual.png, overlay.png, the raw
-answer, result.json).
+the weights are random, or in amber what a trained model is known to get wrong (the `caveat` of its
+icv_config.json). Every instruction also writes what `icv-infer` writes (visual.png, overlay.png, the raw answer,
+result.json).
 """
 
 from __future__ import annotations

@@ -188,6 +188,17 @@ def test_examples_of_the_tasks_with_a_term_are_decoded_first():
     assert decoded_examples(task_ids, DecodedLoss(examples=2, box_weight=1.0)).tolist() == [2, 0]
 
 
+def test_a_batch_whose_conditioning_was_all_dropped_adds_no_decoded_term():
+    """The sampled objective decodes only examples that kept both conditions; with none left the term is 0, not a
+    NaN mean over nothing."""
+    from icv_deploy.training.one_pass_loss import DecodedLoss, decoded_terms
+
+    batch = {"task_id": torch.tensor([0, 1]), "target_pixels": torch.zeros(2, 3, 8, 8)}
+    loss, terms = decoded_terms(torch.zeros(2, 4, 2, 2), batch, None, DecodedLoss(mask_weight=1.0),
+                                candidates=torch.tensor([], dtype=torch.long))
+    assert loss == 0.0 and terms == {}
+
+
 def test_the_clean_latent_of_an_exact_prediction_is_the_target():
     """predicted_clean_latents inverts diffusers' own forward process: the prediction diffusers' scheduler calls
     right (its velocity, or the noise) gives back the latent that was noised, at every timestep."""

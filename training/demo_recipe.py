@@ -59,11 +59,11 @@ def install(model: Path, name: str, extra_config: dict) -> Path:
     from safetensors.torch import load_file, save_file
 
     from icv_deploy.atomic import atomic_dir, write_json
+    from icv_deploy.model_files import model_config
 
     card = ASSETS / name / "MODEL_CARD.md"  # written from measurements (icv-eval, benchmarks/steps.py); kept
     card_text = card.read_text() if card.exists() else None
-    old_config = ASSETS / name / "icv_config.json"  # its caveat too: written from the same measurements
-    caveat = json.loads(old_config.read_text()).get("caveat") if old_config.exists() else None
+    caveat = model_config(ASSETS / name).get("caveat")  # kept too: written from the same measurements
     with atomic_dir(ASSETS / name) as tmp:
         shutil.copytree(model, tmp, dirs_exist_ok=True)
         if card_text is not None:

@@ -93,6 +93,8 @@ def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, c
     if not decoded.active:
         return 0.0, {}
     candidates = torch.arange(len(clean)) if candidates is None else candidates
+    if len(candidates) == 0:  # every example's conditioning dropped: nothing to decode (a mean would be NaN)
+        return 0.0, {}
     chosen = candidates[decoded_examples(batch["task_id"][candidates], decoded)]
     pixels = batch["target_pixels"][chosen].float()
     painted = vae.decode((clean[chosen] / vae.config.scaling_factor).to(vae.dtype)).sample.float()

@@ -235,23 +235,25 @@ class OpenVinoBackend:
     def model_to_compile(self, name: str, shapes: dict[str, tuple[int, ...]]):
         """A file to compile (OpenVINO maps its cached blob: see the module's docstring), or without a model cache a
         model read and reshaped in memory."""
-        source = self.sources[name]
         if not self.static_shapes:
-            return str(source)  # the stored model, dynamic shapes
+            return str(self.sources[name])  # the stored model, dynamic shapes
         if self.cache_dir is None:
-            model = read_model(self.core, source)
-            model.reshape({k: list(v) for k, v in shapes.items()})
-            return model
+            return self.reshaped_model(name, shapes)
         path = self.static_ir_path(name, shapes)
         if not path.exists():
-            model = read_model(self.core, source)
-            model.reshape({k: list(v) for k, v in shapes.items()})
             with atomic_dir(path.parent) as tmp:
                 import openvino
 
-                openvino.save_model(model, str(tmp / IR_FILE), compress_to_fp16=self.inference_precision == "bf16")
+                openvino.save_model(self.reshaped_model(name, shapes), str(tmp / IR_FILE),
+                                    compress_to_fp16=self.inference_precision == "bf16")
             log.debug("openvino: %s for %s written to %s", name, dict(shapes), path.parent)
         return str(path)
+
+    def reshaped_model(self, name: str, shapes: dict[str, tuple[int, ...]]):
+        """Submodel `name` read from its folder and reshaped to these static input shapes, in memory."""
+        model = read_model(self.core, self.sources[name])
+        model.reshape({k: list(v) for k, v in shapes.items()})
+        return model
 
     def static_ir_path(self, name: str, shapes: dict[str, tuple[int, ...]]) -> Path:
         """Where the static-shape IR of submodel `name` lives: beside the compiled blobs, named by the submodel's
