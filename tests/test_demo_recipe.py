@@ -1,4 +1,4 @@
-"""training/demo_recipe.py's one-pass stages without their hours of training: which configs run, in which order,
+"""training/demo_recipe.py's stages without their hours of training: which configs run, in which order,
 each from the model the stage before made, and that the shipped configs are valid for the objective they name
 (the checks `icv-train` makes before its first step). Training itself is covered by test_train_one_pass."""
 
@@ -27,6 +27,59 @@ def trained(monkeypatch, tmp_path):
     installed = []
     monkeypatch.setattr(demo_recipe, "install", lambda model, name, extra: installed.append((model, name, extra)) or model)
     return calls, installed
+
+
+@pytest.fixture
+def autoencoder_stages(monkeypatch):
+    """The three autoencoder stages recorded instead of run (tested in test_train_autoencoder)."""
+    from icv_deploy.training import train_autoencoder as module
+
+    calls = []
+    monkeypatch.setattr(module, "load_autoencoder_config", lambda name, values: (name, values))
+    monkeypatch.setattr(module, "train_autoencoder",
+                        lambda cfg, resume=None: calls.append(cfg[0]) or Path(cfg[1]["output"]) / "model")
+    return calls
+
+
+def test_whole_recipe_runs_every_stage_in_order_each_from_the_last(trained, autoencoder_stages, tmp_path):
+    from icv_deploy.training.demo_recipe import main
+
+    calls, installed = trained
+    result = CliRunner().invoke(main, ["--work", str(tmp_path), "--one-step", "--install"])
+    assert result.exit_code == 0, result.output
+    assert autoencoder_stages == ["demo-vae", "demo-vae-decoder", "demo-vae-outlines"]
+    assert [(output, base) for output, base, _ in calls] == [
+        ("unet", "random"), ("masks", str(tmp_path / "unet" / "model")),
+        ("one-step", str(tmp_path / "masks" / "model")), ("one-step-masks", str(tmp_path / "one-step" / "model"))]
+    # the sampled model is installed after its mask stage, the one-pass model after its own
+    assert [(model, name) for model, name, _ in installed] == [(tmp_path / "masks" / "model", "demo"),
+                                                               (tmp_path / "one-step-masks" / "model", "demo-1step")]
+
+
+def test_mask_stage_reuses_the_unet_stages_latents_and_keeps_its_own(trained, autoencoder_stages, tmp_path):
+    from icv_deploy.training.demo_recipe import main
+
+    (tmp_path / "unet" / "latent-cache").mkdir(parents=True)
+    (tmp_path / "unet" / "latent-cache" / "latents.safetensors").write_bytes(b"stage 6")
+    assert CliRunner().invoke(main, ["--work", str(tmp_path)]).exit_code == 0
+    copied = tmp_path / "masks" / "latent-cache" / "latents.safetensors"
+    assert copied.read_bytes() == b"stage 6"
+    copied.write_bytes(b"stage 7's own")  # e.g. rebuilt because the key did not match: a rerun keeps it
+    assert CliRunner().invoke(main, ["--work", str(tmp_path)]).exit_code == 0
+    assert copied.read_bytes() == b"stage 7's own"
+    assert not list((tmp_path / "masks" / "latent-cache").glob("*.tmp"))
+
+
+def test_stage_7_alone_starts_from_the_bundled_demo_and_installs_it(trained, tmp_path):
+    from icv_deploy.training.demo_recipe import main
+
+    calls, installed = trained
+    result = CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "7", "--install"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("masks", "demo", 800)]
+    [(model, name, extra)] = installed
+    assert model == tmp_path / "masks" / "model" and name == "demo"
+    assert "--stage 7" in extra["trained_with"]
 
 
 def test_one_step_only_runs_stages_8_and_9_each_from_the_last(trained, tmp_path):
@@ -61,3 +114,15 @@ def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     mode, decoded = objective_settings(cfg, scheduler)
     assert mode.timestep == 999 and decoded.weight > 0
     assert (decoded.mask_weight > 0) == (name == "demo-1step-masks")
+
+
+def test_shipped_mask_stage_config_keeps_the_demos_sampler_and_trains_only_the_mask_term():
+    from icv_deploy.training.config import load_config
+    from icv_deploy.training.train import objective_settings
+
+    cfg, demo = load_config("demo-masks"), load_config("demo")
+    mode, decoded = objective_settings(cfg, {"num_train_timesteps": 1000, "prediction_type": "v_prediction"})
+    assert mode is None and cfg.objective == "instruct_pix2pix"  # still the sampled model
+    assert decoded.active and decoded.mask_weight > 0 and decoded.weight == 0
+    assert cfg.cache_latents and cfg.resolution == demo.resolution
+    assert cfg.runtime == demo.runtime  # its icv_config.json keeps the default setting the model card measures

@@ -10,7 +10,7 @@ from PIL import Image
 from icv_deploy.errors import IcvError
 from icv_deploy.training.augment import example_rng, paired_augment
 from icv_deploy.training.config import TrainConfig, load_config, parse_set, shipped_configs
-from icv_deploy.training.train import dropout_masks
+from icv_deploy.training.train import dropout_masks, timestep_weights
 from icv_deploy.training.train_checkpoints import find_resume_checkpoint, list_checkpoints
 from icv_deploy.training.train_data import EpochShuffleSampler
 
@@ -88,6 +88,57 @@ def test_conditioning_dropout_shares():
     shares = [(drop_text & ~drop_image).float().mean(), (~drop_text & drop_image).float().mean(),
               (drop_text & drop_image).float().mean(), (~drop_text & ~drop_image).float().mean()]
     assert [round(float(s), 2) for s in shares] == [0.05, 0.05, 0.05, 0.85]
+
+
+def draw_timesteps(cfg: TrainConfig, n: int = 100_000) -> torch.Tensor:
+    """The timesteps instruct_pix2pix_loss draws for a batch of n cached examples under the config's bias (a UNet
+    stand-in records them)."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from icv_deploy.training.train import instruct_pix2pix_loss
+
+    seen = []
+
+    def unet(sample, timesteps, encoder_hidden_states, return_dict):
+        seen.append(timesteps)
+        return (sample[:, :4],)
+
+    batch = {"image_latents": torch.zeros(n, 4, 1, 1), "target_mean": torch.zeros(n, 4, 1, 1),
+             "target_std": torch.ones(n, 4, 1, 1), "input_ids": torch.zeros(n, 1, dtype=torch.long)}
+    vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=1.0))
+    scheduler = DDPMScheduler()
+    instruct_pix2pix_loss(batch, unet, vae, lambda ids: (torch.zeros(len(ids), 1, 8),), scheduler, torch.zeros(1, 1, 8),
+                          0.0, torch.Generator().manual_seed(0), torch.float32,
+                          weights=timestep_weights(cfg, scheduler.config.num_train_timesteps))
+    return seen[0]
+
+
+@pytest.mark.parametrize("strategy, multiplier, portion, share_of_top_quarter, share_of_bottom_quarter", [
+    ("none", 3.0, 0.25, 0.25, 0.25),     # no bias whatever the multiplier
+    ("later", 1.0, 0.25, 0.25, 0.25),    # a multiplier of 1 changes nothing
+    ("later", 3.0, 0.25, 0.50, 0.167),   # t >= 750 drawn 3x as often: 0.75 / 1.5 of the draws
+    ("earlier", 3.0, 0.25, 0.167, 0.50),
+    ("later", 0.5, 0.5, 0.167, 0.333),   # the top half drawn half as often (0.25 / 0.75 of the draws)
+])
+def test_timestep_bias_follows_diffusers_semantics(strategy, multiplier, portion, share_of_top_quarter,
+                                                   share_of_bottom_quarter):
+    t = draw_timesteps(TrainConfig(timestep_bias_strategy=strategy, timestep_bias_multiplier=multiplier,
+                                   timestep_bias_portion=portion))
+    assert int(t.min()) == 0 and int(t.max()) == 999  # every timestep still drawn
+    assert float((t >= 750).float().mean()) == pytest.approx(share_of_top_quarter, abs=0.005)
+    assert float((t < 250).float().mean()) == pytest.approx(share_of_bottom_quarter, abs=0.005)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"timestep_bias_strategy": "range"}, "timestep_bias_strategy must be none, later or earlier"),
+    ({"timestep_bias_strategy": "later", "timestep_bias_multiplier": 0}, "timestep_bias_multiplier must be > 0"),
+    ({"timestep_bias_strategy": "later", "timestep_bias_portion": 1.5}, "timestep_bias_portion in"),
+])
+def test_bad_timestep_bias_is_named(settings, message):
+    with pytest.raises(IcvError, match=message):
+        TrainConfig(**settings).check()
 
 
 def test_only_complete_checkpoints_count(tmp_path):

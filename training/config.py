@@ -53,6 +53,12 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     conditioning_dropout_prob: float = 0.05  # text only, image only and both: each this share of the examples
+    # Which timesteps the instruct_pix2pix objective draws (diffusers' SDXL training script's --timestep_bias_*):
+    # "none" uniform; "later" / "earlier" the last / first `timestep_bias_portion` of them `timestep_bias_multiplier`
+    # times as often. "later" spends more of training where few-step sampling decides what to paint (t near 999).
+    timestep_bias_strategy: str = "none"
+    timestep_bias_multiplier: float = 1.0
+    timestep_bias_portion: float = 0.25
     use_ema: bool = True
     ema_decay: float = 0.9999
     train_text_encoder: bool = False  # with use_ema, the text encoder gets its own EMA copy
@@ -106,6 +112,11 @@ class TrainConfig:
             raise IcvError("base_model random needs architecture: {unet: {...}, text_encoder: {...}}")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise IcvError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.timestep_bias_strategy not in ("none", "later", "earlier"):
+            raise IcvError(f"timestep_bias_strategy must be none, later or earlier, got {self.timestep_bias_strategy!r}")
+        if not self.timestep_bias_multiplier > 0 or not 0 < self.timestep_bias_portion <= 1:
+            raise IcvError(f"timestep_bias_multiplier must be > 0 and timestep_bias_portion in (0, 1], got "
+                           f"{self.timestep_bias_multiplier} and {self.timestep_bias_portion}")
         if self.objective not in ("instruct_pix2pix", "one_pass"):
             raise IcvError(f"objective must be instruct_pix2pix or one_pass, got {self.objective!r}")
         if self.objective == "one_pass" and not self.cache_latents:

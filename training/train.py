@@ -54,11 +54,23 @@ def dropout_masks(u: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor
     return u < 2 * p, (u >= p) & (u < 3 * p)
 
 
+def timestep_weights(cfg: TrainConfig, num_timesteps: int) -> torch.Tensor | None:
+    """Sampling weights of the timesteps under the config's timestep bias; None: uniform."""
+    if cfg.timestep_bias_strategy == "none" or cfg.timestep_bias_multiplier == 1:
+        return None
+    weights = torch.ones(num_timesteps)
+    biased = max(1, round(cfg.timestep_bias_portion * num_timesteps))
+    span = slice(num_timesteps - biased, None) if cfg.timestep_bias_strategy == "later" else slice(0, biased)
+    weights[span] *= cfg.timestep_bias_multiplier
+    return weights
+
+
 def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_text, dropout: float, gen, weight_dtype,
-                          decoded=None) -> tuple[torch.Tensor, dict[str, float]]:
+                          decoded=None, weights=None) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, its terms): epsilon (or v) MSE of the InstructPix2Pix objective with conditioning dropout, plus with
     `decoded` (a DecodedLoss, cached latents) the decoded-pixel terms of training/one_pass_loss.py on the clean
-    latent the prediction implies at its timestep, for the examples that kept both conditions."""
+    latent the prediction implies at its timestep, for the examples that kept both conditions. `weights`
+    (timestep_weights): how often each timestep is drawn; None: uniformly."""
     from diffusers.utils.torch_utils import randn_tensor
 
     if "image_latents" in batch:  # cached (training/latent_cache.py): the same quantities, encoded once
@@ -76,7 +88,10 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
             # Inputs as the pipeline will see them (DESIGN.md 3): the posterior mode, NOT scaled.
             image_latents = vae.encode(batch["input_pixels"].to(weight_dtype)).latent_dist.mode()
     noise = randn_tensor(latents.shape, generator=gen, device=device, dtype=latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen).to(device)
+    if weights is None:
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen).to(device)
+    else:
+        timesteps = torch.multinomial(weights, bsz, replacement=True, generator=gen).to(device)
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
     text = text_encoder(batch["input_ids"])[0]
 
@@ -169,6 +184,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     unet, vae, text_encoder, tokenizer = models.unet, models.vae, models.text_encoder, models.tokenizer
     scheduler_config = dict(models.noise_scheduler.config)
     one_pass, decoded = objective_settings(cfg, scheduler_config)
+    weights = timestep_weights(cfg, models.noise_scheduler.config.num_train_timesteps)
     if models.widened:
         logger.info("widened the base UNet's conv_in from 4 to 8 input channels")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -298,7 +314,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 if one_pass is None:
                     null = null_text_embedding() if cfg.train_text_encoder else null_text
                     loss, terms = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
-                                                        cfg.conditioning_dropout_prob, gen, weight_dtype, decoded)
+                                                        cfg.conditioning_dropout_prob, gen, weight_dtype, decoded, weights)
                 else:
                     loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass, scheduler_config, decoded)
                 running_terms.append(terms)
