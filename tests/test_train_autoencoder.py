@@ -102,6 +102,19 @@ def test_the_decoder_stage_keeps_the_encoder_and_its_scaling_factor(trained, dat
     assert config(decoder_stage)["scaling_factor"] == config(model)["scaling_factor"]
 
 
+def test_the_outline_term_is_logged_and_changes_what_the_decoder_learns(trained, data_dir, tmp_path):
+    """box_weight adds one_pass_loss.outline_band_loss (tested there) on the crops' detection outlines."""
+    model, _ = trained
+    runs = {weight: train(data_dir, tmp_path / f"box-{weight}", max_steps=10, init_from=str(model), train_part="decoder",
+                          box_weight=weight) for weight in (0.0, 5.0)}
+    logged = [json.loads(line) for line in (tmp_path / "box-5.0" / "logs" / "losses.jsonl").read_text().splitlines()]
+    assert logged and all(np.isfinite(row["box_bce_dice"]) for row in logged)
+    assert not any("box_bce_dice" in json.loads(line)
+                   for line in (tmp_path / "box-0.0" / "logs" / "losses.jsonl").read_text().splitlines())
+    with_term, without = (load_file(runs[w] / "diffusion_pytorch_model.safetensors") for w in (5.0, 0.0))
+    assert any(not torch.equal(with_term[k], without[k]) for k in with_term if k.startswith("decoder."))
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"crop": 15}, "crop 15 must be a multiple of the autoencoder's scale factor 2"),
     ({"train_part": "decoder"}, "train_part must be all, or decoder with init_from"),

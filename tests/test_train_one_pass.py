@@ -160,6 +160,25 @@ def test_the_mask_term_rewards_committing_to_the_likelier_pixels():
     assert mask_loss(empty * 0.9, empty, settings) < 0.01 < mask_loss(committed, empty, settings)
 
 
+def test_the_autoencoders_outline_term_leaves_blue_objects_away_from_outlines_alone():
+    """outline_band_loss (icv-train-vae's box_weight) scores a faint outline above a pure one, like box_loss, but a
+    blue object away from any outline costs nothing and gets no gradient (box_loss would push it off blue)."""
+    from icv_deploy.training.one_pass_loss import DecodedLoss, box_loss, outline_band_loss
+
+    target = torch.full((1, 3, 16, 16), 0.2)
+    target[0, :, 2, 2:8] = torch.tensor([-1.0, -1.0, 1.0])[:, None]  # one outline stroke, pure blue
+    target[0, :, 12:15, 10:14] = torch.tensor([-0.9, -0.8, 0.9])[:, None, None]  # a blue object, far from it
+    faint = target.clone()
+    faint[0, :, 2, 2:8] = torch.tensor([-0.2, -0.2, 0.3])[:, None]
+    assert outline_band_loss(target, target, 10.0) < 0.15 < outline_band_loss(faint, target, 10.0)
+    painted = target.clone().requires_grad_(True)
+    outline_band_loss(painted, target, 10.0).backward()
+    assert (painted.grad[0, :, 12:15, 10:14] == 0).all()
+    object_pixels = painted.detach().clone().requires_grad_(True)
+    box_loss(object_pixels, target, DecodedLoss(box_weight=1.0)).backward()
+    assert (object_pixels.grad[0, 2, 12:15, 10:14] > 0).all()  # the detection term alone would dim the object
+
+
 def test_the_box_term_rewards_pure_blue_outlines_and_nothing_blue_elsewhere():
     """A faint bluish outline (under the decoder's blue threshold) costs more than a pure blue one; its gradient
     makes the outline bluer (blue up, red and green down) and keeps the rest from turning blue."""

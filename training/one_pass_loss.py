@@ -129,8 +129,21 @@ def mask_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss)
 
 def box_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss) -> torch.Tensor:
     """BCE + soft Dice between the decoded outline pixels (soft blueness) and the target's pure-blue outlines."""
-    blueness = (painted[:, 2] - torch.maximum(painted[:, 0], painted[:, 1])) / 2  # 0..1 as (B - max(R, G)) / 255
-    return bce_dice(decoded.box_sharpness * (blueness - 0.4), pure_blue(pixels).float())
+    return bce_dice(decoded.box_sharpness * (blueness(painted) - 0.4), pure_blue(pixels).float())
+
+
+def outline_band_loss(painted: torch.Tensor, pixels: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """box_loss on the outlines of `pixels` and 2 pixels around them only: elsewhere, a blue object of an input picture
+    may be as blue as an outline and must be reproduced as it is (the autoencoder sees every kind of picture)."""
+    line = pure_blue(pixels).float()
+    band = F.max_pool2d(line[:, None], 5, stride=1, padding=2)[:, 0] > 0
+    logits = sharpness * (blueness(painted) - 0.4)
+    return bce_dice(torch.where(band, logits, torch.full_like(logits, -30.0)), line)  # sigmoid(-30): 0, no gradient
+
+
+def blueness(painted: torch.Tensor) -> torch.Tensor:
+    """(B - max(R, G)) / 2 of pictures in [-1, 1]: 1 for pure blue (0, 0, 255), 0 for greys, negative for reds."""
+    return (painted[:, 2] - torch.maximum(painted[:, 0], painted[:, 1])) / 2
 
 
 def bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .config import CONFIG_DIR, reject_unknown_keys
-from .one_pass_loss import outline_weight_map
+from .one_pass_loss import outline_band_loss, outline_weight_map
 from .train_checkpoints import STATE_FILE, list_checkpoints
 
 logger = logging.getLogger("icv_deploy.training")
@@ -61,6 +61,10 @@ class AutoencoderConfig:
     # Detection outlines are one pixel of pure blue among many textured ones: without extra weight the L1 of a
     # small autoencoder smears them away, and the box decoder has nothing to read.
     outline_weight: float = 20.0
+    # BCE + soft Dice of the soft blueness against the outlines, on and beside them (one_pass_loss.outline_band_loss):
+    # asks for outlines blue enough for the runtime's blue test, where the weighted L1 accepts a purple-blue smear.
+    box_weight: float = 0.0
+    box_sharpness: float = 10.0
     mixed_precision: str = "no"  # "bf16": autocast on CPUs with AMX (about 2x faster), fp32 weights either way
     seed: int = 0
     checkpoint_every: int = 250
@@ -119,7 +123,11 @@ def autoencoder_loss(vae, pixels: torch.Tensor, cfg: AutoencoderConfig, gen: tor
     l1 = (weight * (recon - pixels).abs()).mean()
     mse = (weight * (recon - pixels) ** 2).mean()
     kl = posterior.kl().float().mean() / latents[0].numel()
-    return l1 + cfg.mse_weight * mse + cfg.kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    loss, terms = l1 + cfg.mse_weight * mse + cfg.kl_weight * kl, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+    if cfg.box_weight > 0:
+        box = outline_band_loss(recon, pixels.float(), cfg.box_sharpness)
+        loss, terms["box_bce_dice"] = loss + cfg.box_weight * box, box.item()
+    return loss, terms
 
 
 def _save_checkpoint(root: Path, step: int, vae, optimizer, keep: int = 2) -> None:
