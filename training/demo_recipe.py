@@ -183,8 +183,8 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
 @debug_option
 @one_line_errors
 def main(work, install_as, one_step, one_step_only, stage):
-    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder (and, with
-    --one-step, the one-pass demo-1step from it).
+    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder, their mask stage
+    (and, with --one-step, the one-pass demo-1step from it).
 
     Resumes every stage; rerun the same command after an interruption.
     """
