@@ -49,10 +49,11 @@ def answers(pipe, query, example, resolution: int) -> dict:
 
     colors = query.colors or (None, None)
     pair = make_pair(example, resolution, *colors)
-    if pair is None:  # nothing to show (a category absent from the picture): the answer is the plain encoding of none
+    if pair is not None:
+        target = pair[1]
+    else:  # nothing to show (a category absent from the picture): an empty mask, or the picture without boxes
         image = resized(example, resolution).image
-        pair = image, (encode_segmentation(np.zeros(image.shape[:2], bool)) if query.task == "segmentation" else image)
-    target = pair[1]
+        target = encode_segmentation(np.zeros(image.shape[:2], bool)) if query.task == "segmentation" else image
     autoencoded = images.to_uint8(pipe.backend.decode_latents(pipe.encode_image(target)))[0]
     route = SimpleNamespace(color_if_present=colors[0], color_if_absent=colors[1])
     out_size = example.image.shape[:2]
