@@ -77,3 +77,24 @@ def test_a_unet_of_another_width_is_refused(tmp_path):
     folder = _save_text_to_image_model(tmp_path / "odd", in_channels=5)
     with pytest.raises(ModelFilesError, match="5 input channels"):
         load_training_models(str(folder))
+
+
+def test_base_vae_replaces_the_autoencoder_of_a_trained_base(tiny_model, tmp_path):
+    """Stage 9 of the demo recipe: the UNet of a trained model adapted to a fine-tuned autoencoder."""
+    from diffusers import AutoencoderKL
+
+    other = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
+    with torch.no_grad():
+        for weight in other.parameters():
+            weight.add_(0.5)
+    other.save_pretrained(tmp_path / "vae", safe_serialization=True)
+
+    swapped = load_training_models(str(tiny_model), base_vae=str(tmp_path / "vae"))
+    kept = load_training_models(str(tiny_model))
+    first = lambda models: next(models.vae.parameters())  # noqa: E731
+    assert torch.equal(first(swapped), next(other.parameters()))
+    assert not torch.equal(first(kept), first(swapped))
+    assert torch.equal(swapped.unet.conv_in.weight, kept.unet.conv_in.weight)  # only the autoencoder changes
+
+    with pytest.raises(ModelFilesError, match="no trained VAE"):
+        load_training_models(str(tiny_model), base_vae=str(tmp_path / "missing"))

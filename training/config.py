@@ -29,7 +29,7 @@ class TrainConfig:
     max_train_samples: int | None = None  # use only the first N examples (quick runs)
     # A model trained from scratch (base_model "random"): the UNet and text encoder configs to build it from
     # ({"unet": {...}, "text_encoder": {...}}, random weights drawn from `seed`) and a trained VAE folder
-    # (`icv-train-vae`) that replaces the base model's VAE.
+    # (`icv-train-vae`) that replaces the base model's VAE. `base_vae` beside a trained base model replaces its VAE too.
     architecture: dict | None = None
     base_vae: str | None = None
 

@@ -53,6 +53,16 @@ def _encode(vae, pictures: list[Image.Image], resolution: int, flips: int, autoc
     return split(posterior.mode()), split(posterior.mean), split(posterior.std)
 
 
+def _encode_once(vae, pictures: list[Image.Image], encoded: dict, resolution: int, flips: int, autocast):
+    """_encode, for the pictures not in `encoded` (picture digest -> (mode, mean, std) per picture) only."""
+    digests = [hashlib.sha256(p.tobytes() + repr((p.mode, p.size)).encode()).digest() for p in pictures]
+    new = {digest: picture for digest, picture in zip(digests, pictures) if digest not in encoded}
+    if new:
+        fresh = _encode(vae, list(new.values()), resolution, flips, autocast)
+        encoded.update({digest: tuple(t[i] for t in fresh) for i, digest in enumerate(new)})
+    return tuple(torch.stack([encoded[digest][j] for digest in digests]) for j in range(3))
+
+
 def load_or_build_cache(folder: Path, vae, rows, resolution: int, flip: bool = True, autocast: torch.dtype | None = None,
                         batch: int = 64, progress: bool = True) -> dict:
     """{"image_latents", "target_mean", "target_std"}: tensors (N, flips, C, h, w), built on first use.
@@ -70,10 +80,11 @@ def load_or_build_cache(folder: Path, vae, rows, resolution: int, flip: bool = T
             if (fh.metadata() or {}).get("key") == key:
                 return load_file(str(path))
     parts = {"image_latents": [], "target_mean": [], "target_std": []}
+    inputs, targets = {}, {}  # picture digest -> its encodings: every task of a scene has the same input picture
     for start in tqdm(range(0, len(rows), batch), desc="caching latents", disable=not progress):
         chunk = rows[start:start + batch]
-        image_latents, _, _ = _encode(vae, chunk["input_image"], resolution, flips, autocast)
-        _, mean, std = _encode(vae, chunk["edited_image"], resolution, flips, autocast)
+        image_latents, _, _ = _encode_once(vae, chunk["input_image"], inputs, resolution, flips, autocast)
+        _, mean, std = _encode_once(vae, chunk["edited_image"], targets, resolution, flips, autocast)
         for name, value in zip(parts, (image_latents, mean, std)):
             parts[name].append(value)
     tensors = {name: torch.cat(values).contiguous() for name, values in parts.items()}

@@ -1,6 +1,6 @@
 """Where training starts: the modules of a text-to-image or InstructCV model, ready for instruction tuning.
 
-Three starts:
+The starts:
 - a text-to-image Stable Diffusion folder or hub id (4-channel UNet): `conv_in` is widened to 8 input channels,
   the original weights (and bias) go to channels 0-3 and channels 4-7 (the image latent) start at zero, so the
   widened UNet first predicts exactly what the base model predicts;
@@ -8,6 +8,8 @@ Three starts:
 - `random:tiny`: a tiny model with random weights from `icv_deploy.testing` (tests);
 - `random`: a model trained from scratch (the bundled demo model): UNet and text encoder built from the
   config's `architecture` with random weights, the VAE a trained one (`base_vae`, from `icv-train-vae`).
+Beside a trained base model, `base_vae` swaps its autoencoder for another (one fine-tuned later, whose latent space
+the UNet is then adapted to: stage 9 of the demo recipe).
 Weights are read from safetensors only (DESIGN.md 10).
 """
 
@@ -32,6 +34,7 @@ class TrainingModels:
     tokenizer: object
     noise_scheduler: object  # DDPMScheduler built from the base model's scheduler config
     folder: Path  # where the base model was read from
+    vae_folder: Path  # where the autoencoder was read from: `base_vae` beside a trained base, else folder/vae
     widened: bool  # True when conv_in was widened from 4 to 8 channels
 
 
@@ -109,9 +112,12 @@ def load_training_models(base_model: str, random_dir: Path | None = None, seed: 
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (folder / part).is_dir():
             raise ModelFilesError(f"{folder}: missing the {part}/ folder (expected a diffusers-format Stable Diffusion model)")
+    vae_folder = Path(base_vae) if base_vae and not base_model.startswith("random") else folder / "vae"
+    if vae_folder != folder / "vae" and not (vae_folder / "config.json").exists():
+        raise ModelFilesError(f"base_vae {vae_folder}: no trained VAE there (run icv-train-vae first)")
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True)
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", use_safetensors=True)
     except (OSError, EnvironmentError) as exc:
         raise ModelFilesError(f"{folder}: could not read the weights ({' '.join(str(exc).split())[:300]}); "
@@ -128,4 +134,4 @@ def load_training_models(base_model: str, random_dir: Path | None = None, seed: 
     elif in_channels != 2 * latent_channels:
         raise ModelFilesError(f"{folder}: the UNet has {in_channels} input channels; expected {latent_channels} "
                               f"(text-to-image) or {2 * latent_channels} (InstructCV)")
-    return TrainingModels(unet, vae, text_encoder, tokenizer, noise_scheduler, folder, widened)
+    return TrainingModels(unet, vae, text_encoder, tokenizer, noise_scheduler, folder, vae_folder, widened)

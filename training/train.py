@@ -385,8 +385,9 @@ def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, 
         unet = accelerator.unwrap_model(unet).float()
         if ema is not None and cfg.save_ema_weights:
             ema.copy_to(unet.parameters())
-        # The frozen modules come from the base model again: the mixed-precision copies lost bits.
-        vae = AutoencoderKL.from_pretrained(models.folder, subfolder="vae", use_safetensors=True)
+        # The frozen modules come from the base model again (the autoencoder from where it was read: `base_vae` may
+        # have swapped it): the mixed-precision copies lost bits.
+        vae = AutoencoderKL.from_pretrained(models.vae_folder, use_safetensors=True)
         if cfg.train_text_encoder:
             text_encoder = accelerator.unwrap_model(text_encoder).float()
             if ema_text is not None and cfg.save_ema_weights:
