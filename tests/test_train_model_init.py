@@ -80,7 +80,7 @@ def test_a_unet_of_another_width_is_refused(tmp_path):
 
 
 def test_base_vae_replaces_the_autoencoder_of_a_trained_base(tiny_model, tmp_path):
-    """Stage 9 of the demo recipe: the UNet of a trained model adapted to a fine-tuned autoencoder."""
+    """A trained model's UNet to be adapted to a fine-tuned autoencoder: only the autoencoder is swapped."""
     from diffusers import AutoencoderKL
 
     other = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")

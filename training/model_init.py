@@ -9,7 +9,7 @@ The starts:
 - `random`: a model trained from scratch (the bundled demo model): UNet and text encoder built from the
   config's `architecture` with random weights, the VAE a trained one (`base_vae`, from `icv-train-vae`).
 Beside a trained base model, `base_vae` swaps its autoencoder for another (one fine-tuned later, whose latent space
-the UNet is then adapted to: stage 9 of the demo recipe).
+the UNet is then adapted to: benchmarks/results/demo-boxes-2026-12-01/).
 Weights are read from safetensors only (DESIGN.md 10).
 """
 
