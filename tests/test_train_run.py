@@ -211,3 +211,25 @@ def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path, one_thr
         if step in result.losses:
             assert result.losses[step] == pytest.approx(loss, rel=1e-5, abs=1e-7)
     assert [r["step"] for r in before][:last] == list(range(1, last + 1))
+
+
+def test_a_swapped_autoencoder_is_the_one_the_trained_model_carries(data_dir, tiny_model, tmp_path, one_thread):
+    """`base_vae` beside a trained base: the latents are encoded with it and the saved model decodes with it (a
+    model saved with its base's autoencoder would decode latents of another space)."""
+    from diffusers import AutoencoderKL
+
+    swapped = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
+    with torch.no_grad():
+        for weight in swapped.parameters():
+            weight.mul_(1.05)
+    swapped.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    run_in_process(data=str(data_dir), output=str(tmp_path / "run"), base_model=str(tiny_model),
+                   base_vae=str(tmp_path / "vae"), max_steps=2, checkpoint_every=0, validation_every=0,
+                   cache_latents=True, resize_max=16, random_flip=False, use_ema=False)
+    saved = AutoencoderKL.from_pretrained(tmp_path / "run" / "model", subfolder="vae")
+    base = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
+    for (name, weight), expected, old in zip(saved.state_dict().items(), swapped.state_dict().values(),
+                                             base.state_dict().values()):
+        assert torch.equal(weight, expected), name
+        if weight.is_floating_point() and weight.abs().sum() > 0:
+            assert not torch.equal(weight, old), name

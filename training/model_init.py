@@ -76,6 +76,13 @@ def make_random_base(kind: str, folder: Path, seed: int = 0, architecture: dict 
     return folder
 
 
+def trained_vae(folder: Path) -> Path:
+    """`folder` if it holds an autoencoder (a `base_vae`, from `icv-train-vae`), else a one-line error."""
+    if not (folder / "config.json").exists():
+        raise ModelFilesError(f"base_vae {folder}: no trained VAE there (run icv-train-vae first)")
+    return folder
+
+
 def make_scratch_model(folder: Path, architecture: dict, vae_folder: Path, seed: int) -> Path:
     """A random UNet and text encoder (from `architecture`) around a trained VAE, saved as a diffusers folder.
 
@@ -84,9 +91,7 @@ def make_scratch_model(folder: Path, architecture: dict, vae_folder: Path, seed:
 
     from icv_deploy.testing import build_pipeline
 
-    if not (vae_folder / "config.json").exists():
-        raise ModelFilesError(f"base_vae {vae_folder}: no trained VAE there (run icv-train-vae first)")
-    vae = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(trained_vae(vae_folder), use_safetensors=True)
     vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
     pipe = build_pipeline(architecture["unet"], vae_config, architecture["text_encoder"], seed=seed)
     pipe.register_modules(vae=vae)  # the trained VAE in place of the random one built beside it
@@ -112,9 +117,9 @@ def load_training_models(base_model: str, random_dir: Path | None = None, seed: 
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (folder / part).is_dir():
             raise ModelFilesError(f"{folder}: missing the {part}/ folder (expected a diffusers-format Stable Diffusion model)")
-    vae_folder = Path(base_vae) if base_vae and not base_model.startswith("random") else folder / "vae"
-    if vae_folder != folder / "vae" and not (vae_folder / "config.json").exists():
-        raise ModelFilesError(f"base_vae {vae_folder}: no trained VAE there (run icv-train-vae first)")
+    # A random base already holds base_vae in folder/vae (make_scratch_model put it there).
+    swapped = base_vae and not base_model.startswith("random")
+    vae_folder = trained_vae(Path(base_vae)) if swapped else folder / "vae"
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True)
         vae = AutoencoderKL.from_pretrained(vae_folder, use_safetensors=True)
