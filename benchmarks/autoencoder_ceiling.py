@@ -29,10 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* modules beside this script
 
-from bench_report import machine_description  # noqa: E402
+from bench_report import machine_description, save_report  # noqa: E402
 from steps import HEADLINE  # noqa: E402
 
-from icv_deploy.atomic import write_json, write_text  # noqa: E402
 from icv_deploy.cli_common import debug_option, one_line_errors  # noqa: E402
 
 ROWS = ("painted", "autoencoded")
@@ -125,10 +124,7 @@ def main(model, data, tasks, limit, prompts, seed, resolution, out):
            "command": command(model, data, tasks, limit, prompts, seed, resolution, out),
            "model": pipe.source, "data": list(data), "queries": len(queries), "resolution": resolution,
            "machine": machine_description("cpu"), "results": {row: compute_metrics(rs) for row, rs in records.items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "ceiling.json", doc)
-    write_text(out / "ceiling.md", markdown(doc))
-    click.echo(markdown(doc))
+    save_report(out, "ceiling", doc, markdown(doc))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,19 @@ def machine_description(device: str) -> dict:
     return out
 
 
+def save_report(out, stem: str, doc: dict, tables: str) -> None:
+    """OUT/STEM.json (the figures, settings and machine) and OUT/STEM.md (the tables), each written atomically, and the
+    tables printed: the output of the accuracy benchmarks (autoencoder_ceiling.py, answer_anatomy.py)."""
+    import click
+
+    from icv_deploy.atomic import write_json, write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{stem}.json", doc)
+    write_text(out / f"{stem}.md", tables)
+    click.echo(tables)
+
+
 def cpu_flags() -> list[str]:
     """The CPU features that decide what bf16 and int8 can gain (AVX-512, its BF16 and VNNI parts, AMX)."""
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")

@@ -82,6 +82,18 @@ def test_stage_7_alone_starts_from_the_bundled_demo_and_installs_it(trained, tmp
     assert "--stage 7" in extra["trained_with"]
 
 
+def test_a_single_stage_can_start_from_another_model(trained, tmp_path):
+    from icv_deploy.training.demo_recipe import main
+
+    calls, installed = trained
+    result = CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "7", "--base", "old/stage6", "--install"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("masks", "old/stage6", 800)]
+    assert "--stage 7 (on old/stage6)" in installed[0][2]["trained_with"]
+    result = CliRunner().invoke(main, ["--work", str(tmp_path), "--base", "old/stage6"])
+    assert result.exit_code == 2 and result.output.startswith("error: --base goes with --stage")
+
+
 def test_one_step_only_runs_stages_8_and_9_each_from_the_last(trained, tmp_path):
     from icv_deploy.training.demo_recipe import main
 

@@ -67,7 +67,10 @@ class FakeInstructPix2Pix:
     def set_progress_bar_config(self, **_):
         return None  # the fake has no progress bar to configure
 
-    def __call__(self, prompt, image, **_):
+    calls = []
+
+    def __call__(self, prompt, image, **settings):
+        self.calls.append(settings)
         return SimpleNamespace(images=[Image.fromarray(solid((10, 20, 200), *image.size[::-1]))])
 
 
@@ -86,6 +89,21 @@ def test_validation_strip_is_labelled_and_readable():
     unlabelled = labelled_grid([[solid(WHITE, 32, 32)] * 3] * 2)
     assert grid.shape[0] > unlabelled.shape[0] + 3 * 14  # a header and two instruction captions
     assert len(COLUMNS) == 3 and text_pixels(grid[:45]) > 30
+
+
+def test_validation_strips_sample_at_the_models_own_guidance():
+    import torch
+
+    from icv_deploy.training.train_validation import sampled_predictor
+
+    pipe = FakeInstructPix2Pix()
+    pipe.calls = []
+    image = Image.fromarray(solid((90, 140, 60), 16, 16))
+    sampled_predictor(pipe, steps=3, seed=0, device=torch.device("cpu"))("Segment the ball", image)
+    sampled_predictor(pipe, steps=3, seed=0, device=torch.device("cpu"), guidance_scale=1.0,
+                      image_guidance_scale=1.0)("Segment the ball", image)
+    assert [(c["guidance_scale"], c["image_guidance_scale"], c["num_inference_steps"]) for c in pipe.calls] == \
+        [(7.5, 1.5, 3), (1.0, 1.0, 3)]  # the paper's by default; the demo's runtime (1 / 1) when its config says so
 
 
 # ---- icv-eval example pictures --------------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ class TrainConfig:
     objective: str = "instruct_pix2pix"
     one_pass: dict = field(default_factory=dict)
     decoded_loss: dict = field(default_factory=dict)
+    # A loss on the cross-attention maps that ties the category word to its object (training/attention_grounding.py:
+    # token_weight, pixel_weight); instruct_pix2pix on cached latents, whose target masks it reads.
+    attention_grounding: dict = field(default_factory=dict)
+    # The share of segmentation examples asked instead about a category their picture lacks, with an empty mask as
+    # the target (training/absent_negatives.py); cached latents only.
+    segmentation_negatives: float = 0.0
 
     # Bookkeeping.
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = none)
@@ -124,6 +130,13 @@ class TrainConfig:
         if self.decoded_loss and not self.cache_latents:
             raise IcvError("decoded_loss trains on cached latents (they carry the target pictures and tasks): set "
                            "cache_latents: true")
+        if self.attention_grounding and not (self.cache_latents and self.objective == "instruct_pix2pix"):
+            raise IcvError("attention_grounding needs objective instruct_pix2pix and cache_latents: true (the cached "
+                           "examples carry the target masks)")
+        if not 0 <= self.segmentation_negatives <= 1:
+            raise IcvError(f"segmentation_negatives must lie in [0, 1], got {self.segmentation_negatives}")
+        if self.segmentation_negatives and not self.cache_latents:
+            raise IcvError("segmentation_negatives trains on cached latents: set cache_latents: true")
         return self
 
     def to_dict(self) -> dict:

@@ -36,6 +36,7 @@ from pathlib import Path
 import click
 
 from icv_deploy.cli_common import debug_option, one_line_errors
+from icv_deploy.errors import IcvError
 
 ASSETS = Path(__file__).resolve().parent.parent / "icv_deploy" / "assets"
 SCENES, SIZE, SEED = 4000, 128, 0
@@ -148,7 +149,8 @@ def run_masks(work: Path, base: Path | str, install_as: str | None, precision: s
 ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"))
 
 
-def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, only: int | None = None) -> Path:
+def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, only: int | None = None,
+                 on: str | None = None) -> Path:
     """Stages 8 and 9: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
     with the mask loss (demo-1step-masks.yaml); `only`: that stage alone, `base` being the one-pass model of the stage
     before."""
@@ -163,7 +165,7 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
                                    "base_model": str(model), "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
     if install_as:
-        how = f"--stage {only} (on the bundled demo-1step)" if only else "--one-step"
+        how = f"--stage {only} (on {on or 'the bundled demo-1step'})" if only else "--one-step"
         model = install(model, install_as, {"trained_with": f"training/demo_recipe.py {how}",
                                             "mixed_precision": precision})
     return model
@@ -180,19 +182,26 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
                    "missing).")
 @click.option("--stage", type=click.Choice(["7", "9"]), default=None,
               help="Only this fine-tuning stage: 7 from the bundled demo model, 9 from the bundled demo-1step.")
+@click.option("--base", default=None, metavar="MODEL",
+              help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "
+                   "[default: the bundled one named above].")
 @debug_option
 @one_line_errors
-def main(work, install_as, one_step, one_step_only, stage):
+def main(work, install_as, one_step, one_step_only, stage, base):
     """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder, their mask stage
     (and, with --one-step, the one-pass demo-1step from it).
 
     Resumes every stage; rerun the same command after an interruption.
     """
+    if base is not None and not stage:
+        raise IcvError("--base goes with --stage (the whole recipe starts from scratch)")
     if stage == "7":
-        model = run_masks(prepare_data(work), "demo", install_as, training_precision(), how=" --stage 7 (on the bundled demo)")
+        on = f"on {base}" if base else "on the bundled demo"
+        model = run_masks(prepare_data(work), base or "demo", install_as, training_precision(), how=f" --stage 7 ({on})")
     elif one_step_only or stage:
-        model = run_one_step(prepare_data(work), "demo-1step" if stage else "demo", install_as and f"{install_as}-1step",
-                             training_precision(), int(stage) if stage else None)
+        model = run_one_step(prepare_data(work), base or ("demo-1step" if stage else "demo"),
+                             install_as and f"{install_as}-1step", training_precision(), int(stage) if stage else None,
+                             on=base)
     else:
         model = run_recipe(work, install_as, one_step)
     click.echo(f"model: {model}")

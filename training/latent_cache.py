@@ -98,8 +98,10 @@ class CachedLatentExamples(torch.utils.data.Dataset):
     With `target_pixels` (a resolution), the target picture too, in [-1, 1] and flipped alike, and its task's index in
     icv_deploy.tasks.TASKS (for the losses on decoded pixels, training/one_pass_loss.py)."""
 
-    def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None):
+    def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None,
+                 negatives=None):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
+        self.negatives = negatives  # an AbsentCategoryNegatives (training/absent_negatives.py), or None
         self.input_ids = tokenize(tokenizer, list(rows["edit_prompt"]))
         # only the target column: indexing the whole row would decode the input picture too
         self.targets = rows.select_columns(["edited_image"]) if target_pixels else None
@@ -113,7 +115,8 @@ class CachedLatentExamples(torch.utils.data.Dataset):
         return len(self.input_ids)
 
     def __getitem__(self, index: int) -> dict:
-        mirrored = int(self.flip and example_rng(self.seed, self.epoch, index).random() < 0.5)
+        rng = example_rng(self.seed, self.epoch, index)
+        mirrored = int(self.flip and rng.random() < 0.5)
         example = {name: self.cache[name][index, mirrored] for name in ("image_latents", "target_mean", "target_std")}
         example["input_ids"] = self.input_ids[index]
         if self.target_pixels:
@@ -121,5 +124,5 @@ class CachedLatentExamples(torch.utils.data.Dataset):
             pixels = to_tensor(self.targets[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))
             example["target_pixels"] = pixels.flip(-1) if mirrored else pixels
             example["task_id"] = self.task_ids[index]
-        return example
+        return example if self.negatives is None else self.negatives.apply(example, index, rng, mirrored)
 

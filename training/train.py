@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
+from .attention_grounding import AttentionGrounding, Grounding
 from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
 from .one_pass_loss import decoded_terms, one_pass_loss
 
@@ -66,10 +67,11 @@ def timestep_weights(cfg: TrainConfig, num_timesteps: int) -> torch.Tensor | Non
 
 
 def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_text, dropout: float, gen, weight_dtype,
-                          decoded=None, weights=None) -> tuple[torch.Tensor, dict[str, float]]:
+                          decoded=None, weights=None, grounding=None) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, its terms): epsilon (or v) MSE of the InstructPix2Pix objective with conditioning dropout, plus with
     `decoded` (a DecodedLoss, cached latents) the decoded-pixel terms of training/one_pass_loss.py on the clean
-    latent the prediction implies at its timestep, for the examples that kept both conditions. `weights`
+    latent the prediction implies at its timestep, and with `grounding` (a Grounding) the cross-attention terms of
+    training/attention_grounding.py, both for the examples that kept both conditions. `weights`
     (timestep_weights): how often each timestep is drawn; None: uniformly."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -100,17 +102,26 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     image_latents = image_latents * (~drop_image).view(bsz, 1, 1, 1).to(image_latents.dtype)
 
     model_input = torch.cat([noisy_latents, image_latents.to(noisy_latents.dtype)], dim=1)
+    if grounding is not None:
+        grounding.recorder.start()
     prediction = unet(model_input, timesteps, encoder_hidden_states=text, return_dict=False)[0]
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
     loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-    if decoded is None or not decoded.active:
+    if (decoded is None or not decoded.active) and grounding is None:
         return loss, {}
-    clean = predicted_clean_latents(prediction.float(), noisy_latents.float(), timesteps, noise_scheduler)
-    extra, terms = decoded_terms(clean, batch, vae, decoded, (~drop_text & ~drop_image).nonzero().flatten())
-    return loss + extra, {"prediction_mse": loss.item(), **terms}
+    kept = (~drop_text & ~drop_image).nonzero().flatten()
+    extra, terms = 0.0, {"prediction_mse": loss.item()}
+    if decoded is not None and decoded.active:
+        clean = predicted_clean_latents(prediction.float(), noisy_latents.float(), timesteps, noise_scheduler)
+        extra, more = decoded_terms(clean, batch, vae, decoded, kept)
+        terms.update(more)
+    if grounding is not None:
+        grounded, more = grounding.terms(batch, kept)
+        extra, terms = extra + grounded, {**terms, **more}
+    return loss + extra, terms
 
 
 def predicted_clean_latents(prediction, noisy_latents, timesteps, noise_scheduler) -> torch.Tensor:
@@ -197,12 +208,25 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             cache = load_or_build_cache(output / "latent-cache", vae, rows, cfg.resolution, cfg.random_flip,
                                         None if weight_dtype == torch.float32 else weight_dtype,
                                         progress=accelerator.is_local_main_process)
+    negatives = None
+    if cfg.segmentation_negatives:  # their empty-mask target encoded as the cache's targets were
+        from .absent_negatives import AbsentCategoryNegatives, empty_mask_posterior
+
+        empty = empty_mask_posterior(vae, cfg.resolution, 2 if cfg.random_flip else 1,
+                                     None if weight_dtype == torch.float32 else weight_dtype)
+        negatives = AbsentCategoryNegatives(cfg.segmentation_negatives, rows, tokenizer, *empty)
     text_encoder.requires_grad_(cfg.train_text_encoder).to(accelerator.device)
     if weight_dtype != torch.float32:  # frozen modules run in the mixed-precision dtype, trained ones stay fp32
         vae.to(dtype=weight_dtype)
         if not cfg.train_text_encoder:
             text_encoder.to(dtype=weight_dtype)
     unet.set_attn_processor(AttnProcessor2_0())
+    grounding = None
+    if cfg.attention_grounding:
+        reject_unknown_keys("attention_grounding", cfg.attention_grounding, AttentionGrounding.__dataclass_fields__)
+        grounding_weights = AttentionGrounding(**cfg.attention_grounding)
+        if grounding_weights.active:  # it swaps the cross-attention layers to an attention that forms probabilities
+            grounding = Grounding(grounding_weights, unet, tokenizer)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
@@ -226,8 +250,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     if cache is not None:
         from .latent_cache import CachedLatentExamples
 
-        pixels = cfg.resolution if decoded is not None and decoded.active else None  # for the decoded terms
-        examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels)
+        wants_pixels = (decoded is not None and decoded.active) or grounding is not None
+        pixels = cfg.resolution if wants_pixels else None  # for the decoded and grounding terms
+        examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels,
+                                        negatives=negatives)
     else:
         examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
                                        cfg.random_flip, cfg.seed)
@@ -283,7 +309,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         text_model.eval()
         if one_pass is None:
             pipe = build_pipeline(model, vae, text_model, tokenizer, models.folder)
-            predict = sampled_predictor(pipe, cfg.validation_sampler_steps, cfg.seed, accelerator.device)
+            guidance = {k: cfg.runtime[k] for k in ("guidance_scale", "image_guidance_scale") if k in cfg.runtime}
+            predict = sampled_predictor(pipe, cfg.validation_sampler_steps, cfg.seed, accelerator.device, **guidance)
         else:
             predict = one_pass_predictor(one_pass, model, vae, text_model, tokenizer, scheduler_config)
         grid = predict_grid(predict, rows, pictures, cfg.resolution)
@@ -314,7 +341,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                 if one_pass is None:
                     null = null_text_embedding() if cfg.train_text_encoder else null_text
                     loss, terms = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
-                                                        cfg.conditioning_dropout_prob, gen, weight_dtype, decoded, weights)
+                                                        cfg.conditioning_dropout_prob, gen, weight_dtype, decoded, weights,
+                                                        grounding)
                 else:
                     loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass, scheduler_config, decoded)
                 running_terms.append(terms)

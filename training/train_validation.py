@@ -4,8 +4,8 @@ Columns are labelled and each row carries its instruction; pictures are enlarged
 neighbour) so that the text and the model's pixels can be read.
 
 Predictions come from diffusers' `StableDiffusionInstructPix2PixPipeline` built from the modules being trained
-(EMA weights when EMA is on), with a short Euler-ancestral run and a fixed seed, so that grids of successive
-steps are comparable; a model trained for one pass (objective one_pass) makes its one pass instead. The grid
+(EMA weights when EMA is on), with a short Euler-ancestral run at the config's runtime guidance and a fixed seed,
+so that grids of successive steps are comparable; a model trained for one pass (objective one_pass) makes its one pass instead. The grid
 is saved as `validation/step-<step>.png` and sent to tensorboard.
 """
 
@@ -35,8 +35,10 @@ def build_pipeline(unet, vae, text_encoder, tokenizer, scheduler_folder: Path):
     )
 
 
-def sampled_predictor(pipe, steps: int, seed: int, device):
-    """predict(instruction, image) -> picture: diffusers' pipeline, a short guided Euler-ancestral run, fixed seed."""
+def sampled_predictor(pipe, steps: int, seed: int, device, guidance_scale: float = 7.5, image_guidance_scale: float = 1.5):
+    """predict(instruction, image) -> picture: diffusers' pipeline, a short Euler-ancestral run, fixed seed, at the
+    guidance the model will run with (the config's `runtime`; the paper's 7.5 / 1.5 by default): a model trained
+    for guidance 1 / 1, such as the demo, paints worse depth at 7.5 / 1.5, and its strips should show what it does."""
     pipe.set_progress_bar_config(disable=True)
 
     def predict(instruction: str, image: Image.Image) -> Image.Image:
@@ -44,8 +46,8 @@ def sampled_predictor(pipe, steps: int, seed: int, device):
         # Mixed precision: the frozen VAE (and text encoder) hold fp16/bf16 weights, the UNet fp32.
         mixed = pipe.vae.dtype != torch.float32
         with torch.autocast(device.type, dtype=pipe.vae.dtype if mixed else None, enabled=mixed):
-            return pipe(instruction, image=image, num_inference_steps=steps, guidance_scale=7.5,
-                        image_guidance_scale=1.5, generator=generator, output_type="pil").images[0]
+            return pipe(instruction, image=image, num_inference_steps=steps, guidance_scale=guidance_scale,
+                        image_guidance_scale=image_guidance_scale, generator=generator, output_type="pil").images[0]
 
     return predict
 

@@ -1,0 +1,243 @@
+"""How the answers are wrong: does the model answer about the named object? (issue 12)
+
+    python benchmarks/answer_anatomy.py --model demo --data synth:HELDOUT --limit 60 --out OUT
+
+icv-eval says how often an answer is right; this says where a wrong one goes, on synthetic scenes (icv-data synth),
+whose instance maps name every object's pixels:
+
+    segmentation    where the predicted mask lies: on the named category, on other objects, on floor and wall; and
+                    its IoU (summed over the set) against the named category and against all objects. A model that
+                    has learnt "objects" but not "the cube" scores the second above the first, and puts about as
+                    much of its mask on the named category as a mask of every object would. Each instruction is
+                    also asked about a category the picture does not hold (the category word swapped): its mask
+                    should be empty, not the named category's mask again.
+    classification  which colour the answer is nearest in the palette: the instruction's colour-if-present, its
+                    colour-if-absent or another one, by the true answer. Wrong but clean colours point at the
+                    decision (is the cube there?); other colours at reading the instruction's colour words.
+    detection       how far the answer is from the input (mean absolute difference in grey levels; a copy of the
+                    input scores near 0) and where its blue pixels are: how much of the target's outline they
+                    cover and what share of them lies within 2 pixels of it.
+
+Each answer is the runtime's (`icv_deploy.load(model)(image, instruction)`, the model's default setting unless
+--steps / --sampler). OUT/anatomy.json (sums, settings, machine) and OUT/anatomy.md (the tables).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench_* modules beside this script
+
+from bench_report import machine_description, save_report  # noqa: E402
+
+from icv_deploy.cli_common import debug_option, one_line_errors  # noqa: E402
+from icv_deploy.errors import IcvError  # noqa: E402
+
+TASKS = ("segmentation", "classification", "detection")
+
+
+def segmentation_counts(mask: np.ndarray, instances: np.ndarray, named_ids) -> dict:
+    """Pixel counts of a predicted mask against an instance map (0: floor and wall) and the named category's ids."""
+    named = np.isin(instances, list(named_ids))
+    objects = instances > 0
+    return {"predicted": int(mask.sum()), "named": int(named.sum()), "objects": int(objects.sum()),
+            "on_named": int((mask & named).sum()),
+            "on_other_objects": int((mask & objects & ~named).sum()), "on_background": int((mask & ~objects).sum()),
+            "union_named": int((mask | named).sum()), "inter_all": int((mask & objects).sum()),
+            "union_all": int((mask | objects).sum())}
+
+
+def absent_category_counts(mask: np.ndarray, absent_mask: np.ndarray) -> dict:
+    """The mask for the named category against the mask the same instruction gets for a category that is not in
+    the picture (which should be empty)."""
+    return {"probes": 1, "probe_named_area": int(mask.sum()), "probe_absent_area": int(absent_mask.sum()),
+            "probe_inter": int((mask & absent_mask).sum()), "probe_union": int((mask | absent_mask).sum())}
+
+
+def with_category(instruction: str, category: str, other: str) -> str | None:
+    """The instruction about `other` instead of `category` (None when the word is not in it as a word)."""
+    changed, n = re.subn(rf"\b{re.escape(category)}\b", other, instruction)
+    return changed if n else None
+
+
+def nearest_color(visual: np.ndarray) -> str:
+    """The palette colour (icv_deploy.tasks.encodings.COLORS) nearest the answer's per-channel median, the colour
+    the runtime's classification decoder reads."""
+    from icv_deploy.tasks.encodings import COLORS
+
+    median = np.median(visual.reshape(-1, 3).astype(np.float64), axis=0)
+    return min(COLORS, key=lambda name: float(np.linalg.norm(median - np.array(COLORS[name], np.float64))))
+
+
+def classification_outcome(visual: np.ndarray, colors: tuple[str, str]) -> str:
+    """'present colour', 'absent colour' or 'another colour': which of the instruction's colours the answer is."""
+    from icv_deploy.tasks.encodings import COLORS
+
+    painted = COLORS[nearest_color(visual)]
+    if painted == COLORS[colors[0]]:  # grey and gray are one colour
+        return "present colour"
+    return "absent colour" if painted == COLORS[colors[1]] else "another colour"
+
+
+def detection_counts(visual: np.ndarray, image: np.ndarray, boxes: np.ndarray) -> dict:
+    """How far the answer is from the input, and its blue pixels against the target's outline (the input with
+    the boxes painted as icv-data build paints them) and a band of 2 pixels around it."""
+    import cv2
+
+    from icv_deploy.tasks.decoders import blue_mask
+    from icv_deploy.tasks.encodings import BOX_COLOR, encode_detection
+
+    if visual.shape != image.shape:  # the model worked at another size: compare at the input's
+        visual = cv2.resize(visual, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    outline = np.all(encode_detection(image, boxes) == BOX_COLOR, axis=2) & ~np.all(image == BOX_COLOR, axis=2)
+    band = cv2.dilate(outline.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    blue = blue_mask(visual) > 0
+    return {"pixels": int(image.shape[0] * image.shape[1]),
+            "abs_diff_sum": float(np.abs(visual.astype(np.float64) - image.astype(np.float64)).mean(axis=2).sum()),
+            "outline": int(outline.sum()), "outline_blue": int((outline & blue).sum()),
+            "blue": int(blue.sum()), "blue_in_band": int((blue & band).sum())}
+
+
+def summary(task: str, totals: dict, queries: int) -> dict:
+    """The reported figures of one task from its summed counts."""
+    def share(part, whole):
+        return None if totals.get(whole, 0) == 0 else totals[part] / totals[whole]
+
+    if task == "segmentation":
+        return {"queries": queries, "mask_on_named": share("on_named", "predicted"),
+                "mask_on_other_objects": share("on_other_objects", "predicted"),
+                "mask_on_background": share("on_background", "predicted"),
+                "iou_named": share("on_named", "union_named"), "iou_all_objects": share("inter_all", "union_all"),
+                "all_objects_answer_on_named": share("named", "objects"),
+                "absent_category_area_ratio": share("probe_absent_area", "probe_named_area"),
+                "iou_named_vs_absent_category": share("probe_inter", "probe_union"), "probes": totals.get("probes", 0)}
+    if task == "detection":
+        return {"queries": queries, "mean_abs_diff_to_input": share("abs_diff_sum", "pixels") if totals else None,
+                "outline_covered_by_blue": share("outline_blue", "outline"),
+                "blue_pixels_per_query": totals.get("blue", 0) / max(queries, 1),
+                "blue_within_2px_of_outline": share("blue_in_band", "blue")}
+    return {"queries": queries, **{f"truly {truth}": dict(outcomes) for truth, outcomes in totals.items()}}
+
+
+def markdown(doc: dict) -> str:
+    seg, cls, det = (doc["results"].get(task) for task in TASKS)
+    lines = [f"# How the answers are wrong: {doc['model']}", "",
+             f"{doc['data']}, {doc['date']} on {doc['machine']['cpu']}.", ""]
+
+    def cell(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    if seg:
+        lines += [f"Segmentation ({seg['queries']} queries): where the predicted mask's pixels lie, and its IoU.", "",
+                  "| on the named category | on other objects | on floor and wall | IoU, named category | "
+                  "IoU, all objects |", "| ---: | ---: | ---: | ---: | ---: |",
+                  "| " + " | ".join(cell(seg[k]) for k in ("mask_on_named", "mask_on_other_objects", "mask_on_background",
+                                                          "iou_named", "iou_all_objects")) + " |", "",
+                  f"An answer that masked every object exactly would put {cell(seg['all_objects_answer_on_named'])} of "
+                  "its pixels on the named category: a share near that means the category word is not used.", "",
+                  f"The same instructions about a category that is not in the picture ({seg['probes']} queries), "
+                  "which should get an empty mask:", "",
+                  "| mask area, relative to the named category's answer | IoU with that answer |", "| ---: | ---: |",
+                  f"| {cell(seg['absent_category_area_ratio'])} | {cell(seg['iou_named_vs_absent_category'])} |", ""]
+    if cls:
+        outcomes = ("present colour", "absent colour", "another colour")
+        lines += [f"Classification ({cls['queries']} queries): the palette colour nearest the answer.", "",
+                  "| truth | " + " | ".join(outcomes) + " |", "| --- |" + " ---: |" * 3]
+        for truth in ("present", "absent"):
+            counts = cls.get(f"truly {truth}", {})
+            lines.append(f"| {truth} | " + " | ".join(str(counts.get(o, 0)) for o in outcomes) + " |")
+        lines.append("")
+    if det:
+        lines += [f"Detection ({det['queries']} queries): the answer against the input and the target's outlines.", "",
+                  "| mean abs. difference to the input (grey levels) | outline covered by blue | blue pixels per query "
+                  "| blue within 2 px of an outline |", "| ---: | ---: | ---: | ---: |",
+                  f"| {cell(det['mean_abs_diff_to_input'])} | {cell(det['outline_covered_by_blue'])} | "
+                  f"{det['blue_pixels_per_query']:.1f} | {cell(det['blue_within_2px_of_outline'])} |", ""]
+    return "\n".join(lines)
+
+
+class Scenes:
+    """Instance maps and object lists of an `icv-data synth` folder."""
+
+    def __init__(self, source: str):
+        from icv_deploy.training.build import parse_source
+
+        kind, root, _ = parse_source(source)
+        if kind != "synth":
+            raise IcvError(f"--data {source}: answer_anatomy needs synthetic scenes (synth:ROOT), which carry "
+                           "instance maps")
+        self.root = Path(root)
+
+    def objects(self, image_id: str, category: str) -> tuple[np.ndarray, set[int], set[str]]:
+        """(instance map, the ids of `category`'s objects, the categories in the picture)."""
+        from icv_deploy.training.datasets.base import read_json, read_label_png
+
+        instances = read_label_png(self.root / "instances" / f"{image_id}.png", what="instance map")
+        objects = read_json(self.root / "annotations" / f"{image_id}.json")["objects"]
+        return instances, {o["id"] for o in objects if o["category"] == category}, {o["category"] for o in objects}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", default=None, help="A bundled model (demo, demo-1step) or a model folder [default: demo].")
+@click.option("--data", required=True, metavar="synth:ROOT",
+              help="Held-out synthetic scenes (ROOT from `icv-data synth --seed 1`).")
+@click.option("--tasks", default=",".join(TASKS), show_default=True, help="Comma-separated tasks.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N queries per task.")
+@click.option("--prompts", type=click.Choice(["fixed", "rephrased", "unseen"]), default="rephrased",
+              show_default=True, help="Instructions, as icv-eval's --prompts.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Sampling steps [default: the model's].")
+@click.option("--sampler", default=None, help="Sampler [default: the model's].")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed and classification colours.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@debug_option
+@one_line_errors
+def main(model, data, tasks, limit, prompts, steps, sampler, seed, out):
+    """Run each held-out query through the model and say where its answer goes (see the module's docstring)."""
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    import icv_deploy
+    from icv_deploy.training.eval_queries import collect_queries
+    from icv_deploy.training.synthetic import CATEGORIES
+
+    wanted = [t for t in tasks.split(",") if t]
+    if unknown := sorted(set(wanted) - set(TASKS)):
+        raise IcvError(f"--tasks: {', '.join(unknown)} not among {', '.join(TASKS)}")
+    scenes = Scenes(data)
+    pipe = icv_deploy.load(model)
+    pipe.progress = False
+    queries = collect_queries([data], wanted, limit, prompts, seed)
+    totals = {"segmentation": Counter(), "detection": Counter(), "classification": {}}
+    counts = Counter()
+    for query in tqdm(queries, desc="answers", unit="query"):
+        example = query.load()
+        res = pipe(example.image, query.instruction, task=query.task, steps=steps, sampler=sampler, seed=seed)
+        counts[query.task] += 1
+        if query.task == "segmentation":
+            instances, named_ids, present = scenes.objects(query.image_id, query.category)
+            totals["segmentation"].update(segmentation_counts(res.mask, instances, named_ids))
+            absent = [c for c in CATEGORIES if c not in present]
+            if absent and (other := with_category(query.instruction, query.category, absent[counts[query.task] % len(absent)])):
+                probe = pipe(example.image, other, task=query.task, steps=steps, sampler=sampler, seed=seed)
+                totals["segmentation"].update(absent_category_counts(res.mask, probe.mask))
+        elif query.task == "detection":
+            totals["detection"].update(detection_counts(res.visual, example.image, example.boxes))
+        else:
+            truth = totals["classification"].setdefault("present" if example.present else "absent", Counter())
+            truth[classification_outcome(res.visual, res.colors)] += 1
+    doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": pipe.source,
+           "data": data, "prompts": prompts, "steps": steps, "sampler": sampler, "seed": seed,
+           "machine": machine_description("cpu"),
+           "results": {task: summary(task, totals[task], counts[task]) for task in wanted}}
+    save_report(out, "anatomy", doc, markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
