@@ -198,7 +198,10 @@ class Scenes:
 @debug_option
 @one_line_errors
 def main(model, data, tasks, limit, prompts, steps, sampler, seed, out):
-    """Run each held-out query through the model and say where its answer goes (see the module's docstring)."""
+    """Run held-out synthetic queries through the model and say how its answers are wrong: where a mask lies (the
+    named category, other objects, floor and wall) and what the same instruction paints for a category the picture
+    lacks; which colour a classification answer is (the instruction's two, or another); how far a detection answer is
+    from its input and where its blue pixels fall. Writes OUT/anatomy.json and OUT/anatomy.md."""
     from collections import Counter
 
     from tqdm.auto import tqdm
