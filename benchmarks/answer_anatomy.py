@@ -118,7 +118,7 @@ def summary(task: str, totals: dict, queries: int) -> dict:
                 "absent_category_area_ratio": share("probe_absent_area", "probe_named_area"),
                 "iou_named_vs_absent_category": share("probe_inter", "probe_union"), "probes": totals.get("probes", 0)}
     if task == "detection":
-        return {"queries": queries, "mean_abs_diff_to_input": share("abs_diff_sum", "pixels") if totals else None,
+        return {"queries": queries, "mean_abs_diff_to_input": share("abs_diff_sum", "pixels"),
                 "outline_covered_by_blue": share("outline_blue", "outline"),
                 "blue_pixels_per_query": totals.get("blue", 0) / max(queries, 1),
                 "blue_within_2px_of_outline": share("blue_in_band", "blue")}

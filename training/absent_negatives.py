@@ -24,14 +24,14 @@ import torch
 from .synthetic import CATEGORIES
 
 
-def empty_mask_posterior(vae, resolution: int, flips: int, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+def empty_mask_posterior(vae, resolution: int, flip: bool, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std), each (flips, C, h, w): the frozen VAE's posterior of an empty mask (all black), as the latent cache
-    holds every target's."""
+    (load_or_build_cache, same arguments) holds every target's."""
     from PIL import Image
 
     from .latent_cache import _encode
 
-    _, mean, std = _encode(vae, [Image.new("RGB", (resolution, resolution))], resolution, flips, autocast)
+    _, mean, std = _encode(vae, [Image.new("RGB", (resolution, resolution))], resolution, 2 if flip else 1, autocast)
     return mean[0], std[0]
 
 

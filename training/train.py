@@ -201,19 +201,18 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     vae.requires_grad_(False).to(accelerator.device)
     cache = None
+    encode_autocast = None if weight_dtype == torch.float32 else weight_dtype
     if cfg.cache_latents:  # in fp32, before the VAE is cast; the main process builds it, the others read it
         from .latent_cache import load_or_build_cache
 
         with accelerator.main_process_first():
             cache = load_or_build_cache(output / "latent-cache", vae, rows, cfg.resolution, cfg.random_flip,
-                                        None if weight_dtype == torch.float32 else weight_dtype,
-                                        progress=accelerator.is_local_main_process)
+                                        encode_autocast, progress=accelerator.is_local_main_process)
     negatives = None
     if cfg.segmentation_negatives:  # their empty-mask target encoded as the cache's targets were
         from .absent_negatives import AbsentCategoryNegatives, empty_mask_posterior
 
-        empty = empty_mask_posterior(vae, cfg.resolution, 2 if cfg.random_flip else 1,
-                                     None if weight_dtype == torch.float32 else weight_dtype)
+        empty = empty_mask_posterior(vae, cfg.resolution, cfg.random_flip, encode_autocast)
         negatives = AbsentCategoryNegatives(cfg.segmentation_negatives, rows, tokenizer, *empty)
     text_encoder.requires_grad_(cfg.train_text_encoder).to(accelerator.device)
     if weight_dtype != torch.float32:  # frozen modules run in the mixed-precision dtype, trained ones stay fp32
