@@ -52,3 +52,40 @@ def test_every_example_holds_its_own_pictures_encoding_and_repeats_are_encoded_o
     again = load_or_build_cache(tmp_path, vae, _rows(inputs, targets), resolution=16, flip=True, batch=3,
                                 progress=False)
     assert encoded == [] and torch.equal(again["image_latents"], cache["image_latents"])
+
+
+def test_an_interrupted_build_resumes_from_its_parts(tiny_model, tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae").eval()
+    inputs = [_picture(seed) for seed in range(7)]
+    targets = [_picture(20 + seed) for seed in range(7)]
+    whole = load_or_build_cache(tmp_path / "whole", vae, _rows(inputs, targets), resolution=16, flip=False, batch=2,
+                                progress=False, part_rows=3)
+
+    encoded = []
+    real_encode = vae.encode
+
+    def encode_then_fail(x):  # the machine goes away while the third part (rows 6-7) is encoded
+        if sum(encoded) >= 2 * 6:
+            raise KeyboardInterrupt
+        encoded.append(len(x))
+        return real_encode(x)
+
+    vae.encode = encode_then_fail
+    folder = tmp_path / "interrupted"
+    try:
+        load_or_build_cache(folder, vae, _rows(inputs, targets), resolution=16, flip=False, batch=2, progress=False,
+                            part_rows=3)
+    except KeyboardInterrupt:
+        pass
+    assert len(list((folder / "latents.parts").glob("*.safetensors"))) == 2 and not (folder / "latents.safetensors").exists()
+
+    encoded.clear()
+    vae.encode = lambda x: encoded.append(len(x)) or real_encode(x)
+    resumed = load_or_build_cache(folder, vae, _rows(inputs, targets), resolution=16, flip=False, batch=2,
+                                  progress=False, part_rows=3)
+    assert sum(encoded) == 2  # only the last part's input and target
+    for name, tensor in whole.items():
+        torch.testing.assert_close(resumed[name], tensor)
+    assert not (folder / "latents.parts").exists()

@@ -6,13 +6,14 @@ the small UNet of the demo model. The cache holds, per example and per flip (pla
     target_mean, target_std  the target's posterior, so each step still draws a fresh latent sample
 Only flips survive as augmentation (resize and crop would need re-encoding): `cache_latents` asks for
 resize_min == resize_max == resolution. The file is keyed by the VAE's weights, the data and the resolution,
-written atomically, and rebuilt when any of them changes.
+written atomically, and rebuilt when any of them changes; an interrupted build resumes from its last part file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -64,9 +65,11 @@ def _encode_once(vae, pictures: list[Image.Image], encoded: dict, resolution: in
 
 
 def load_or_build_cache(folder: Path, vae, rows, resolution: int, flip: bool = True, autocast: torch.dtype | None = None,
-                        batch: int = 64, progress: bool = True) -> dict:
+                        batch: int = 64, progress: bool = True, part_rows: int = 4096) -> dict:
     """{"image_latents", "target_mean", "target_std"}: tensors (N, flips, C, h, w), built on first use.
-    `autocast` (e.g. bf16, as the training's mixed precision) halves the time of building it on CPUs with AMX."""
+    `autocast` (e.g. bf16, as the training's mixed precision) halves the time of building it on CPUs with AMX.
+    The build resumes: every `part_rows` rows are written (atomically) as a part file under FOLDER/latents.parts/,
+    which a rerun with the same key reads instead of encoding again; the parts go once the whole file is written."""
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
@@ -79,17 +82,36 @@ def load_or_build_cache(folder: Path, vae, rows, resolution: int, flip: bool = T
         with safe_open(str(path), "pt") as fh:
             if (fh.metadata() or {}).get("key") == key:
                 return load_file(str(path))
-    parts = {"image_latents": [], "target_mean": [], "target_std": []}
+    parts_dir = Path(folder) / "latents.parts"
+    names = ("image_latents", "target_mean", "target_std")
+    parts = {name: [] for name in names}
     inputs, targets = {}, {}  # picture digest -> its encodings: every task of a scene has the same input picture
-    for start in tqdm(range(0, len(rows), batch), desc="caching latents", disable=not progress):
-        chunk = rows[start:start + batch]
-        image_latents, _, _ = _encode_once(vae, chunk["input_image"], inputs, resolution, flips, autocast)
-        _, mean, std = _encode_once(vae, chunk["edited_image"], targets, resolution, flips, autocast)
-        for name, value in zip(parts, (image_latents, mean, std)):
-            parts[name].append(value)
+    bar = tqdm(total=len(rows), desc="caching latents", unit="example", disable=not progress)
+    for first in range(0, len(rows), part_rows):
+        part_path = parts_dir / f"{key[:24]}-{first:09d}.safetensors"
+        if part_path.exists():  # written by an interrupted build of the same cache
+            part = load_file(str(part_path))
+            bar.update(len(part["target_mean"]))
+        else:
+            chunks = {name: [] for name in names}
+            for start in range(first, min(first + part_rows, len(rows)), batch):
+                chunk = rows[start:min(start + batch, first + part_rows)]
+                image_latents, _, _ = _encode_once(vae, chunk["input_image"], inputs, resolution, flips, autocast)
+                _, mean, std = _encode_once(vae, chunk["edited_image"], targets, resolution, flips, autocast)
+                for name, value in zip(names, (image_latents, mean, std)):
+                    chunks[name].append(value)
+                bar.update(len(mean))
+            part = {name: torch.cat(values).contiguous() for name, values in chunks.items()}
+            parts_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(part_path, suffix=".safetensors") as tmp:
+                save_file(part, str(tmp))
+        for name in names:
+            parts[name].append(part[name])
+    bar.close()
     tensors = {name: torch.cat(values).contiguous() for name, values in parts.items()}
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"key": key})
+    shutil.rmtree(parts_dir, ignore_errors=True)  # its parts (and any of an older key) are in the whole file now
     return tensors
 
 
