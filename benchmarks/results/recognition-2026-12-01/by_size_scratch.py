@@ -1,6 +1,5 @@
 """Scratch: the 20k reference CNN's held-out errors by object size (the largest visible instance of the category)."""
 import json, sys
-from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, "benchmarks")
 import recognition_probe as rp
