@@ -167,19 +167,20 @@ class Scenes:
 
     def __init__(self, source: str):
         from icv_deploy.training.build import parse_source
+        from icv_deploy.training.datasets.synth import SynthAdapter
 
-        kind, root, _ = parse_source(source)
+        kind, root, split = parse_source(source)
         if kind != "synth":
             raise IcvError(f"--data {source}: answer_anatomy needs synthetic scenes (synth:ROOT), which carry "
                            "instance maps")
-        self.root = Path(root)
+        self.scenes = SynthAdapter(root, split)  # reads and checks the annotations
 
     def objects(self, image_id: str, category: str) -> tuple[np.ndarray, set[int], set[str]]:
         """(instance map, the ids of `category`'s objects, the categories in the picture)."""
-        from icv_deploy.training.datasets.base import read_json, read_label_png
+        from icv_deploy.training.datasets.base import read_label_png
 
-        instances = read_label_png(self.root / "instances" / f"{image_id}.png", what="instance map")
-        objects = read_json(self.root / "annotations" / f"{image_id}.json")["objects"]
+        instances = read_label_png(self.scenes.root / "instances" / f"{image_id}.png", what="instance map")
+        objects = self.scenes.annotation(image_id)["objects"]
         return instances, {o["id"] for o in objects if o["category"] == category}, {o["category"] for o in objects}
 
 

@@ -38,7 +38,8 @@ def machine_description(device: str) -> dict:
 
 def save_report(out, stem: str, doc: dict, tables: str) -> None:
     """OUT/STEM.json (the figures, settings and machine) and OUT/STEM.md (the tables), each written atomically, and the
-    tables printed: the output of the accuracy benchmarks (autoencoder_ceiling.py, answer_anatomy.py)."""
+    tables printed: the output of the accuracy benchmarks (autoencoder_ceiling.py, answer_anatomy.py,
+    recognition_probe.py)."""
     import click
 
     from icv_deploy.atomic import write_json, write_text

@@ -5,8 +5,8 @@ neighbour) so that the text and the model's pixels can be read.
 
 Predictions come from diffusers' `StableDiffusionInstructPix2PixPipeline` built from the modules being trained
 (EMA weights when EMA is on), with a short Euler-ancestral run at the config's runtime guidance and a fixed seed,
-so that grids of successive steps are comparable; a model trained for one pass (objective one_pass) makes its one pass instead. The grid
-is saved as `validation/step-<step>.png` and sent to tensorboard.
+so that grids of successive steps are comparable; a model trained for one pass (objective one_pass) makes its one
+pass instead. The grid is saved as `validation/step-<step>.png` and sent to tensorboard.
 """
 
 from __future__ import annotations
