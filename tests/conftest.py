@@ -81,3 +81,14 @@ def interrupt_onnx_export_at(monkeypatch):
         monkeypatch.setattr(onnx_export, "_export_one", real if name is None else export_one)
 
     return interrupt_at
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machine is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -71,15 +71,6 @@ def data_dir(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("train-data") / "data")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_in_process(**settings):
     """`train()` in this process, with a fresh accelerate state (one Accelerator per run)."""
     from accelerate.state import AcceleratorState, GradientState

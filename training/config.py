@@ -86,6 +86,9 @@ class TrainConfig:
     # The share of segmentation examples asked instead about a category their picture lacks, with an empty mask as
     # the target (training/absent_negatives.py); cached latents only.
     segmentation_negatives: float = 0.0
+    # A per-cell category loss on the UNet's features through a training-only head (training/scene_recognition.py:
+    # scenes, weight, blocks, grid); cached latents of `icv-data synth` scenes only.
+    scene_recognition: dict = field(default_factory=dict)
 
     # Bookkeeping.
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = none)
@@ -135,6 +138,9 @@ class TrainConfig:
                            "examples carry the target masks)")
         if not 0 <= self.segmentation_negatives <= 1:
             raise IcvError(f"segmentation_negatives must lie in [0, 1], got {self.segmentation_negatives}")
+        if self.scene_recognition and not (self.cache_latents and self.objective == "instruct_pix2pix"):
+            raise IcvError("scene_recognition needs objective instruct_pix2pix and cache_latents: true (its labels "
+                           "are the cached pictures' scenes, which resizing or cropping would move)")
         if self.segmentation_negatives and not self.cache_latents:
             raise IcvError("segmentation_negatives trains on cached latents: set cache_latents: true")
         return self

@@ -121,8 +121,9 @@ class CachedLatentExamples(torch.utils.data.Dataset):
     icv_deploy.tasks.TASKS (for the losses on decoded pixels, training/one_pass_loss.py)."""
 
     def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None,
-                 negatives=None):
+                 negatives=None, scene_labels=None):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
+        self.scene_labels = scene_labels  # a SceneLabels (training/scene_recognition.py), or None
         self.negatives = negatives  # an AbsentCategoryNegatives (training/absent_negatives.py), or None
         self.input_ids = tokenize(tokenizer, list(rows["edit_prompt"]))
         # only the target column: indexing the whole row would decode the input picture too
@@ -146,5 +147,7 @@ class CachedLatentExamples(torch.utils.data.Dataset):
             pixels = to_tensor(self.targets[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))
             example["target_pixels"] = pixels.flip(-1) if mirrored else pixels
             example["task_id"] = self.task_ids[index]
+        if self.scene_labels is not None:
+            example["scene_shares"] = self.scene_labels(index, bool(mirrored))
         return example if self.negatives is None else self.negatives.apply(example, index, rng, mirrored)
 

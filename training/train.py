@@ -30,6 +30,7 @@ from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .attention_grounding import AttentionGrounding, Grounding
+from .scene_recognition import SceneLabels, SceneRecognition, SceneRecognitionHead
 from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
 from .one_pass_loss import decoded_terms, one_pass_loss
 
@@ -67,11 +68,13 @@ def timestep_weights(cfg: TrainConfig, num_timesteps: int) -> torch.Tensor | Non
 
 
 def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_text, dropout: float, gen, weight_dtype,
-                          decoded=None, weights=None, grounding=None) -> tuple[torch.Tensor, dict[str, float]]:
+                          decoded=None, weights=None, grounding=None,
+                          recognition=None) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, its terms): epsilon (or v) MSE of the InstructPix2Pix objective with conditioning dropout, plus with
     `decoded` (a DecodedLoss, cached latents) the decoded-pixel terms of training/one_pass_loss.py on the clean
     latent the prediction implies at its timestep, and with `grounding` (a Grounding) the cross-attention terms of
-    training/attention_grounding.py, both for the examples that kept both conditions. `weights`
+    training/attention_grounding.py, both for the examples that kept both conditions, and with `recognition` (a
+    SceneRecognitionHead) the category term of training/scene_recognition.py for those that kept the picture. `weights`
     (timestep_weights): how often each timestep is drawn; None: uniformly."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -110,7 +113,7 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     else:
         target = noise
     loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-    if (decoded is None or not decoded.active) and grounding is None:
+    if (decoded is None or not decoded.active) and grounding is None and recognition is None:
         return loss, {}
     kept = (~drop_text & ~drop_image).nonzero().flatten()
     extra, terms = 0.0, {"prediction_mse": loss.item()}
@@ -121,6 +124,9 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     if grounding is not None:
         grounded, more = grounding.terms(batch, kept)
         extra, terms = extra + grounded, {**terms, **more}
+    if recognition is not None:
+        recognised, more = recognition(batch, (~drop_image).nonzero().flatten())
+        extra, terms = extra + recognised, {**terms, **more}
     return loss + extra, terms
 
 
@@ -226,6 +232,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         grounding_weights = AttentionGrounding(**cfg.attention_grounding)
         if grounding_weights.active:  # it swaps the cross-attention layers to an attention that forms probabilities
             grounding = Grounding(grounding_weights, unet, tokenizer)
+    recognition = scene_labels = None
+    if cfg.scene_recognition:
+        reject_unknown_keys("scene_recognition", cfg.scene_recognition, SceneRecognition.__dataclass_fields__)
+        recognition_settings = SceneRecognition(**cfg.scene_recognition)
+        if recognition_settings.active:  # a training-only head on the UNet's features, fed the scenes' category maps
+            scene_labels = SceneLabels(recognition_settings, rows, cfg.data)
+            recognition = SceneRecognitionHead(recognition_settings, unet, len(scene_labels.categories))
+            recognition.to(accelerator.device)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
@@ -244,6 +258,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             ema_text.to(accelerator.device)
 
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
+    params += list(recognition.parameters()) if recognition is not None else []
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     if cache is not None:
@@ -252,7 +267,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         wants_pixels = (decoded is not None and decoded.active) or grounding is not None
         pixels = cfg.resolution if wants_pixels else None  # for the decoded and grounding terms
         examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels,
-                                        negatives=negatives)
+                                        negatives=negatives, scene_labels=scene_labels)
     else:
         examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
                                        cfg.random_flip, cfg.seed)
@@ -270,6 +285,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     *trained, optimizer, loader, lr_scheduler = accelerator.prepare(*trained, optimizer, loader, lr_scheduler)
     unet = trained[0]
     text_encoder = trained[1] if cfg.train_text_encoder else text_encoder
+    if recognition is not None:  # after the models, so that a checkpoint keeps their order; the head is saved with them
+        recognition = accelerator.prepare(recognition)
+        trained.append(recognition)
     updates_per_epoch = math.ceil(len(loader) / accumulation)  # len: this process's share of the batches
 
     def null_text_embedding():
@@ -341,7 +359,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                     null = null_text_embedding() if cfg.train_text_encoder else null_text
                     loss, terms = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
                                                         cfg.conditioning_dropout_prob, gen, weight_dtype, decoded, weights,
-                                                        grounding)
+                                                        grounding, recognition)
                 else:
                     loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass, scheduler_config, decoded)
                 running_terms.append(terms)
