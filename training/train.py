@@ -30,9 +30,9 @@ from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .attention_grounding import AttentionGrounding, Grounding
-from .scene_recognition import SceneLabels, SceneRecognition, SceneRecognitionHead
 from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
 from .one_pass_loss import decoded_terms, one_pass_loss
+from .scene_recognition import SceneLabels, SceneRecognition, SceneRecognitionHead
 
 logger = logging.getLogger("icv_deploy.training")
 
