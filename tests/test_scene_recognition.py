@@ -15,6 +15,7 @@ import torch
 from icv_deploy.errors import IcvError
 from icv_deploy.training.scene_recognition import (SceneLabels, SceneRecognition, SceneRecognitionHead,
                                                    block_channels, scene_shares)
+from icv_deploy.training.datasets.synth import SynthAdapter
 from icv_deploy.training.synthetic import CATEGORIES, write_scenes
 
 from test_train_run import read_losses, run_in_process
@@ -37,7 +38,7 @@ def data(scenes, tmp_path_factory):
 def test_shares_are_each_cells_pixels_by_category(scenes):
     categories = list(CATEGORIES)
     for image_id in ("000000", "000001", "000002"):
-        shares = scene_shares(scenes, image_id, categories, grid=8).astype(np.float64) / 255
+        shares = scene_shares(SynthAdapter(scenes), image_id, grid=8).astype(np.float64) / 255
         instances = cv2.imread(str(scenes / "instances" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
         objects = json.loads((scenes / "annotations" / f"{image_id}.json").read_text())["objects"]
         assert shares.shape == (1 + len(categories), 8, 8)
@@ -59,7 +60,7 @@ def test_labels_follow_each_rows_scene_and_its_flip(scenes, data):
     labels = SceneLabels(SceneRecognition(weight=1.0, grid=8), rows, data)  # the scenes the build recorded
     assert len(labels.shares) == len(set(rows["image_id"]))  # one map per scene, however many tasks it serves
     for index in (0, len(rows) // 2, len(rows) - 1):
-        expected = scene_shares(scenes, rows[index]["image_id"], labels.categories, 8)
+        expected = scene_shares(SynthAdapter(scenes), rows[index]["image_id"], 8)
         assert torch.equal(labels(index, False), torch.from_numpy(expected))
         assert torch.equal(labels(index, True), torch.from_numpy(expected[..., ::-1].copy()))
 

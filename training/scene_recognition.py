@@ -57,19 +57,19 @@ def scenes_folder(settings: SceneRecognition, data: str | Path) -> Path:
     return Path(synth[0])
 
 
-def scene_shares(scenes: Path, image_id: str, categories: list[str], grid: int) -> np.ndarray:
+def scene_shares(scenes, image_id: str, grid: int) -> np.ndarray:
     """(1 + categories, grid, grid) uint8: the share (x 255) of each cell's pixels that the background (0) and each
-    category cover in the scene's instance map."""
-    import cv2
+    category cover in the instance map of scene `image_id` of `scenes` (a SynthAdapter)."""
+    from .datasets.base import read_label_png
 
-    instances = cv2.imread(str(scenes / "instances" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
-    annotation = json.loads((scenes / "annotations" / f"{image_id}.json").read_text())
-    if instances is None or instances.shape[0] % grid or instances.shape[1] % grid:
-        raise IcvError(f"{scenes}: scene {image_id} has no instance map of a size divisible by {grid}")
+    path = scenes.root / "instances" / f"{image_id}.png"
+    instances = read_label_png(path, what="instance mask")
+    if instances.shape[0] % grid or instances.shape[1] % grid:
+        raise IcvError(f"{path}: {instances.shape[1]} x {instances.shape[0]} is not divisible by the grid {grid}")
     labels = np.zeros(instances.shape, np.int64)
-    for obj in annotation["objects"]:
-        labels[instances == obj["id"]] = categories.index(obj["category"]) + 1
-    onehot = np.eye(1 + len(categories), dtype=np.float32)[labels]
+    for obj in scenes.annotation(image_id)["objects"]:
+        labels[instances == obj["id"]] = scenes.categories.index(obj["category"]) + 1
+    onehot = np.eye(1 + len(scenes.categories), dtype=np.float32)[labels]
     h, w = instances.shape
     shares = onehot.reshape(grid, h // grid, grid, w // grid, -1).mean((1, 3)).transpose(2, 0, 1)
     return np.round(shares * 255).astype(np.uint8)
@@ -84,7 +84,10 @@ class SceneLabels:
         root = scenes_folder(settings, data)
         if not (root / "synth.json").is_file():
             raise IcvError(f"scene_recognition scenes {root}: not an `icv-data synth` folder (no synth.json)")
-        self.categories = list(json.loads((root / "synth.json").read_text())["categories"])
+        from .datasets.synth import SynthAdapter
+
+        scenes = SynthAdapter(root)  # the reader of icv-data build, with its checks
+        self.categories = list(scenes.categories)
         sources, ids = rows["source"], rows["image_id"]
         if any(source != "synth" for source in sources):
             raise IcvError("scene_recognition: every example must come from the synth scenes it names")
@@ -94,7 +97,7 @@ class SceneLabels:
             raise IcvError(f"scene_recognition scenes {root}: no scene {missing[0]} ({len(missing)} of the training "
                            "data's scenes are missing): is it the folder the data was built from?")
         self.shares = torch.from_numpy(np.stack([
-            scene_shares(root, image_id, self.categories, settings.grid)
+            scene_shares(scenes, image_id, settings.grid)
             for image_id in tqdm(scene_of, desc="scene labels", unit="scene")]))
         self.scene = torch.tensor([scene_of[i] for i in ids])
 

@@ -1,12 +1,12 @@
 """Scratch: can the demo UNet (architecture of demo.yaml) learn the per-cell categories from the recognition term
 alone? From random init (arg 'scratch') or from the stage-6 weights ('stage6'); lr 1e-3, batch 32."""
-import sys, time, json
-from pathlib import Path
-import numpy as np, torch, torch.nn.functional as F
+import sys, time
+import numpy as np, torch
 sys.path.insert(0, "benchmarks")
 import recognition_probe as rp
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from icv_deploy.training.config import load_config
+from icv_deploy.training.datasets.synth import SynthAdapter
 from icv_deploy.training.scene_recognition import SceneRecognition, SceneRecognitionHead, scene_shares
 torch.set_num_threads(2)
 START, STEPS, LR = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -21,7 +21,7 @@ cats = ["ball", "cube", "cylinder", "cone", "pyramid"]
 t0 = time.time()
 Xtr, _, _ = rp.synth_scenes("synth:runs/demo/synth", N); Ltr = rp.image_latents(vae, Xtr); del Xtr
 Xte, Yte, _ = rp.synth_scenes("synth:runs/demo/heldout", 300); Lte = rp.image_latents(vae, Xte)
-Str = torch.from_numpy(np.stack([scene_shares(Path("runs/demo/synth"), f"{i:06d}", cats, 32) for i in range(N)]))
+Str = torch.from_numpy(np.stack([scene_shares(SynthAdapter("runs/demo/synth"), f"{i:06d}", 32) for i in range(N)]))
 print("data", round(time.time() - t0), flush=True)
 settings = SceneRecognition(weight=1.0, blocks=("mid_block", "up_blocks.2"), grid=32)
 head = SceneRecognitionHead(settings, unet, 5)
