@@ -128,8 +128,10 @@ def build_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg: dict, seed: int = 0,
     vae = AutoencoderKL(**vae_cfg)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     if tokenizer_dir is None:
-        tokenizer_dir = save_clip_tokenizer(Path(tempfile.mkdtemp(prefix="icv-tok-")))
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+        with tempfile.TemporaryDirectory(prefix="icv-tok-") as tmp:  # read into memory, so nothing is left behind
+            tokenizer = CLIPTokenizer.from_pretrained(save_clip_tokenizer(Path(tmp)))
+    else:
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     scheduler = EulerAncestralDiscreteScheduler(**SCHEDULER_CONFIG)
     return StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
