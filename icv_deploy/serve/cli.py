@@ -128,6 +128,10 @@ def main(action, host, port, insecure, cors_origins, address, object_store_mb, o
 
 def run(settings: ServeSettings, host: str, port: int, address: str | None, object_store_mb: int) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray starts its workers (Serve's controller, HTTP proxy and our replicas) at niceness 15. On a busy machine they
+    # then starve: on 2 cores beside other work the proxy missed Serve's readiness checks and the service never came
+    # up. A local instance is the service, so its workers run at normal priority (the raylet reads this variable).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
     from ray import serve
 
