@@ -187,6 +187,13 @@ def _model_replicas(server) -> dict:
     return out
 
 
+def test_the_local_instance_runs_at_the_callers_priority(server):
+    """Ray starts workers at niceness 15, where a busy machine starves the HTTP proxy and the replicas."""
+    workers = [p for p in server.descendants() if "ray::" in " ".join(p.cmdline())]
+    assert _model_replicas(server) and workers
+    assert {p.nice() for p in workers} == {os.nice(0)}
+
+
 def test_killed_replica_gets_json_5xx_or_retries_and_recovers(server, scene):
     (victim,) = _model_replicas(server).values()
     reports = []

@@ -128,10 +128,6 @@ def main(action, host, port, insecure, cors_origins, address, object_store_mb, o
 
 def run(settings: ServeSettings, host: str, port: int, address: str | None, object_store_mb: int) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Ray starts its workers (Serve's controller, HTTP proxy and our replicas) at niceness 15. On a busy machine they
-    # then starve: on 2 cores beside other work the proxy missed Serve's readiness checks and the service never came
-    # up. A local instance is the service, so its workers run at normal priority (the raylet reads this variable).
-    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
     from ray import serve
 
@@ -139,6 +135,10 @@ def run(settings: ServeSettings, host: str, port: int, address: str | None, obje
 
     local = address is None
     if local:  # a small local instance: no dashboard, a small object store, logical CPUs for the replicas
+        # Ray starts its workers (Serve's controller, HTTP proxy, our replicas) at niceness 15; on a busy machine
+        # they starve (on 2 cores beside other work the proxy missed Serve's readiness checks and the service never
+        # came up). A local instance is the service: its workers run at normal priority (the raylet reads this).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         cpus = max(os.cpu_count() or 1, math.ceil(settings.replicas * settings.num_cpus))
         ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=object_store_mb * 1024 * 1024,
                  logging_level="WARNING", configure_logging=True)
