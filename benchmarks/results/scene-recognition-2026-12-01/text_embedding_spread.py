@@ -37,12 +37,11 @@ def spread(tokenizer, encoder):
 
 print("| text encoder | category word, relative difference | sequence: between categories | sequence: segment vs detect |")
 print("| --- | ---: | ---: | ---: |")
-models = sys.argv[1:]
-for model in models:
-    row = spread(CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
-                 CLIPTextModel.from_pretrained(model, subfolder="text_encoder"))
+for model in sys.argv[1:]:
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+    row = spread(tokenizer, encoder)
     print(f"| {model} | {row[0]:.3f} | {row[1]:.1f} | {row[2]:.1f} |")
 torch.manual_seed(0)
-config = CLIPTextModel.from_pretrained(models[-1], subfolder="text_encoder").config
-row = spread(CLIPTokenizer.from_pretrained(models[-1], subfolder="tokenizer"), CLIPTextModel(config))
+row = spread(tokenizer, CLIPTextModel(encoder.config))  # the last model's architecture and tokenizer
 print(f"| random initialisation | {row[0]:.3f} | {row[1]:.1f} | {row[2]:.1f} |")
