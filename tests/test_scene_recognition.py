@@ -1,6 +1,6 @@
 """The scene-recognition loss (training/scene_recognition.py): its labels against the scenes' instance maps, its head
-against the UNet's real block outputs, and the loss inside icv-train (it trains, resumes, and leaves the saved UNet
-plain)."""
+against the UNet's real block outputs, its word term against the instruction's category word, and the loss inside
+icv-train (it trains, resumes, and leaves the saved UNet plain)."""
 
 from __future__ import annotations
 
@@ -95,9 +95,53 @@ def test_the_head_reads_the_blocks_real_outputs():
         block_channels(unet, "up_blocks.3")
 
 
+def test_the_word_term_scores_the_named_categorys_cells_and_reaches_the_word():
+    """The word term: the target is the cells of the category the instruction names (found by its token), nothing for
+    an instruction without a category word, and its gradient reaches the text encoder's output at that word only."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(sample_size=8, in_channels=8, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=12,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    tokens = [901, 902, 903, 904, 905]  # one token per category, in the shares' order (ball, cube, ...)
+    settings = SceneRecognition(weight=1.0, word_weight=3.0, blocks=("mid_block", "up_blocks.1"), grid=8)
+    head = SceneRecognitionHead(settings, unet, categories=5, category_tokens=tokens, text_width=12)
+    with torch.no_grad():
+        unet(torch.randn(3, 8, 8, 8), 10, encoder_hidden_states=torch.randn(3, 5, 12))
+    shares = torch.zeros(3, 6, 8, 8, dtype=torch.uint8)
+    shares[:, 2] = 255  # every cell is cube
+    ids = torch.tensor([[1, 7, 902, 8, 2],    # names the cube (token 902) at position 2
+                        [1, 901, 7, 8, 2],    # names the ball, which the picture lacks
+                        [1, 7, 7, 8, 2]])     # names no category
+    text = torch.randn(3, 5, 12, requires_grad=True)
+    batch = {"scene_shares": shares, "input_ids": ids}
+    with torch.no_grad():  # a head that says "not the named category" everywhere, whatever the cells and the word
+        head.words.weight.zero_()
+        head.words.bias.zero_()
+        head.word_bias.fill_(-30.0)
+    rows = torch.tensor([0, 1, 2])
+    assert head(batch, rows, text, torch.tensor([1]))[1]["scene_word"] < 1e-6  # the absent ball: right, no loss
+    assert head(batch, rows, text, torch.tensor([0]))[1]["scene_word"] == pytest.approx(30.0, rel=1e-3)  # the cube
+    assert "scene_word" not in head(batch, rows, text, torch.tensor([2]))[1]  # no category word: no term
+    assert "scene_word" not in head(batch, rows)[1]  # no text given: the category term alone
+
+    with torch.no_grad():
+        head.words.weight.normal_()
+        head.word_bias.zero_()
+    term, values = head(batch, rows, text, rows)
+    assert term.item() == pytest.approx(values["scene_recognition"] + 3.0 * values["scene_word"], rel=1e-5)
+    term.backward()
+    reached = text.grad.abs().sum(-1)
+    assert reached[0, 2] > 0 and reached[1, 1] > 0  # the words' own positions
+    assert reached.sum() == reached[0, 2] + reached[1, 1]  # and nothing else
+    with pytest.raises(IcvError, match="one token per category"):
+        SceneRecognitionHead(settings, unet, categories=5, category_tokens=tokens[:4], text_width=12)
+
+
 @pytest.mark.slow
 def test_the_term_trains_resumes_and_stays_out_of_the_saved_unet(scenes, data, tmp_path, one_thread):
-    """Tiny runs on real synth scenes: the term falls only when it is weighted; a run resumed from a checkpoint
+    """Tiny runs on real synth scenes: the category and word terms fall only when weighted; a run resumed from a checkpoint
     (the head's weights with it) repeats the uninterrupted run's losses; the saved UNet has no head."""
     from diffusers import UNet2DConditionModel
 
@@ -105,23 +149,28 @@ def test_the_term_trains_resumes_and_stays_out_of_the_saved_unet(scenes, data, t
                   random_flip=True, validation_every=0, use_ema=False, train_batch_size=4, learning_rate=3e-3,
                   conditioning_dropout_prob=0.0)
     recognition = dict(blocks=["mid_block", "up_blocks.1"], grid=8)  # the scenes: those data's build recorded
+    weights = {"weight": 1.0, "word_weight": 1.0}
     weighted = run_in_process(output=str(tmp_path / "weighted"), max_steps=40, checkpoint_every=20,
-                              checkpoints_keep=5, scene_recognition={**recognition, "weight": 1.0}, **common)
+                              checkpoints_keep=5, scene_recognition={**recognition, **weights}, **common)
     measured = run_in_process(output=str(tmp_path / "measured"), max_steps=40, checkpoint_every=0,
-                              scene_recognition={**recognition, "weight": 1e-9}, **common)
+                              scene_recognition={**recognition, "weight": 1e-9, "word_weight": 1e-9}, **common)
 
-    def terms(name):
-        return [row["scene_recognition"] for row in read_losses(tmp_path / name)]
+    def terms(name, term):  # the word term: the steps whose batch named a category (the same in both runs)
+        return np.array([row[term] for row in read_losses(tmp_path / name) if term in row])
 
-    assert len(terms("weighted")) == len(terms("measured")) == 40
-    assert np.mean(terms("weighted")[-10:]) < 0.7 * np.mean(terms("measured")[-10:])
-    assert np.mean(terms("weighted")[-10:]) < 0.7 * np.mean(terms("weighted")[:5])
+    category, unweighted = terms("weighted", "scene_recognition"), terms("measured", "scene_recognition")
+    assert len(category) == len(unweighted) == 40
+    assert category[-10:].mean() < 0.7 * unweighted[-10:].mean() and category[-10:].mean() < 0.7 * category[:5].mean()
+    # The word term varies with each batch's share of named cells: compared on the same batches, unweighted.
+    word, unweighted = terms("weighted", "scene_word"), terms("measured", "scene_word")
+    assert len(word) == len(unweighted) >= 30
+    assert word[-10:].mean() < 0.75 * unweighted[-10:].mean()
 
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "weighted" / "checkpoints" / "checkpoint-20", resumed / "checkpoints" / "checkpoint-20")
     again = run_in_process(output=str(resumed), max_steps=40, checkpoint_every=20, resume="latest",
-                           scene_recognition={**recognition, "weight": 1.0}, **common)
+                           scene_recognition={**recognition, **weights}, **common)
     np.testing.assert_allclose([again.losses[s] for s in range(21, 41)], [weighted.losses[s] for s in range(21, 41)],
                                rtol=1e-5, atol=1e-7)
 

@@ -87,7 +87,8 @@ class TrainConfig:
     # the target (training/absent_negatives.py); cached latents only.
     segmentation_negatives: float = 0.0
     # A per-cell category loss on the UNet's features through a training-only head (training/scene_recognition.py:
-    # scenes, weight, blocks, grid); cached latents of `icv-data synth` scenes only.
+    # scenes, weight, blocks, grid; word_weight, word_width for its word term, the named category's cells scored
+    # through the text encoder's output at the word); cached latents of `icv-data synth` scenes only.
     scene_recognition: dict = field(default_factory=dict)
 
     # Bookkeeping.

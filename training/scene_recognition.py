@@ -15,6 +15,18 @@ example was built from (its instance map and annotation), mirrored with the exam
 
 for every example of the batch that kept its image condition, whatever its task and timestep (the picture is the
 same under every instruction). The head is not part of the model: the saved UNet is the plain diffusers one.
+
+The word term (`word_weight`) asks the same question through the instruction. Runs 3-6 of
+benchmarks/results/scene-recognition-2026-12-01/ found features that see the categories and a text encoder that
+never told the category words apart, since nothing needed it to. For each example that kept both conditions and
+names a category (the word's one CLIP token), the text encoder's output at that word, e, and each cell's features,
+f, give a CLIP-style score, and the target is the cell's share of the named category (zero everywhere for a
+category the picture lacks, as training/absent_negatives.py asks):
+
+    word term = BCE(sigmoid(<P f, Q e> / sqrt(d) + b), share of the named category)     averaged over cells, blocks
+
+P (a 1x1 convolution per block) and Q (one linear map) are the head's; the gradient through e reaches the text
+encoder, whose outputs are what the UNet's cross-attention reads, so the category words have to differ there.
 """
 
 from __future__ import annotations
@@ -36,10 +48,12 @@ class SceneRecognition:
     weight: float = 0.0  # of the term; 0 turns it off
     blocks: tuple[str, ...] = ("mid_block", "up_blocks.2")  # whose outputs the head reads
     grid: int = 32  # the latent grid the shares are measured on (resolution / VAE scale factor)
+    word_weight: float = 0.0  # of the word term (the named category's cells, scored through the instruction)
+    word_width: int = 64  # d: the width of the space where cells and words meet
 
     @property
     def active(self) -> bool:
-        return self.weight > 0
+        return self.weight > 0 or self.word_weight > 0
 
 
 def scenes_folder(settings: SceneRecognition, data: str | Path) -> Path:
@@ -106,6 +120,14 @@ class SceneLabels:
         return shares.flip(-1) if mirrored else shares
 
 
+def category_tokens(tokenizer, categories) -> list[int]:
+    """The one CLIP token id of each category word, in the categories' order."""
+    ids = [tokenizer(c).input_ids[1:-1] for c in categories]
+    if any(len(i) != 1 for i in ids):
+        raise IcvError(f"scene_recognition.word_weight needs one-token category words; got {dict(zip(categories, ids))}")
+    return [i[0] for i in ids]
+
+
 def block_channels(unet, block: str) -> int:
     """The number of channels a UNet block puts out (down_blocks.i, mid_block, up_blocks.i)."""
     channels = list(unet.config.block_out_channels)
@@ -118,14 +140,26 @@ def block_channels(unet, block: str) -> int:
 
 
 class SceneRecognitionHead(torch.nn.Module):
-    """The 1x1 convolutions that read the chosen blocks, and the hooks that keep the blocks' outputs."""
+    """The 1x1 convolutions that read the chosen blocks, and the hooks that keep the blocks' outputs; with
+    `word_weight`, the cell and word projections of the word term and the category of each category word's token
+    (`category_tokens`: one CLIP token id per category, in the order of the shares' channels 1..)."""
 
-    def __init__(self, settings: SceneRecognition, unet, categories: int):
+    def __init__(self, settings: SceneRecognition, unet, categories: int, category_tokens: list[int] | None = None,
+                 text_width: int | None = None):
         super().__init__()
         self.settings, self.features = settings, {}
         self.heads = torch.nn.ModuleDict({
             block.replace(".", "-"): torch.nn.Conv2d(block_channels(unet, block), 1 + categories, 1)
             for block in settings.blocks})
+        if settings.word_weight > 0:
+            if category_tokens is None or len(category_tokens) != categories or not text_width:
+                raise IcvError("scene_recognition.word_weight needs one token per category and the text width")
+            self.register_buffer("category_tokens", torch.tensor(category_tokens), persistent=False)
+            self.cells = torch.nn.ModuleDict({
+                block.replace(".", "-"): torch.nn.Conv2d(block_channels(unet, block), settings.word_width, 1)
+                for block in settings.blocks})
+            self.words = torch.nn.Linear(text_width, settings.word_width)
+            self.word_bias = torch.nn.Parameter(torch.full((len(settings.blocks),), -2.0))  # most cells are not it
         modules = dict(unet.named_modules())
         for block in settings.blocks:
             modules[block].register_forward_hook(self._keep(block))
@@ -135,12 +169,22 @@ class SceneRecognitionHead(torch.nn.Module):
             self.features[block] = output[0] if isinstance(output, tuple) else output
         return hook
 
-    def forward(self, batch: dict, kept: torch.Tensor) -> tuple[torch.Tensor | float, dict[str, float]]:
-        """(weighted term, its value) for the batch rows `kept` (those that saw their picture), over the features
-        of the UNet's last forward pass."""
-        if len(kept) == 0:
-            return 0.0, {}
-        shares = batch["scene_shares"][kept].float() / 255
+    def forward(self, batch: dict, kept: torch.Tensor, text: torch.Tensor | None = None,
+                kept_text: torch.Tensor | None = None) -> tuple[torch.Tensor | float, dict[str, float]]:
+        """(weighted terms, their values) over the features of the UNet's last forward pass: the category term for
+        the batch rows `kept` (those that saw their picture), the word term for the rows `kept_text` (those that saw
+        picture and instruction; `text`: the text encoder's output for the batch)."""
+        total, values = 0.0, {}
+        if self.settings.weight > 0 and len(kept):
+            term = self.category_term(batch["scene_shares"][kept].float() / 255, kept)
+            total, values["scene_recognition"] = self.settings.weight * term, term.item()
+        if self.settings.word_weight > 0 and text is not None and kept_text is not None and len(kept_text):
+            word = self.word_term(batch, text, kept_text)
+            if word is not None:
+                total, values["scene_word"] = total + self.settings.word_weight * word, word.item()
+        return total, values
+
+    def category_term(self, shares: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         terms = []
         for block in self.settings.blocks:
             logits = self.heads[block.replace(".", "-")](self.features[block][kept].float())
@@ -148,5 +192,25 @@ class SceneRecognitionHead(torch.nn.Module):
             # KL divergence (cross-entropy less the shares' own entropy): 0 for a perfect head at every grid size
             kl = torch.special.xlogy(target, target) - target * F.log_softmax(logits, dim=1)
             terms.append(kl.sum(1).mean())
-        term = torch.stack(terms).mean()
-        return self.settings.weight * term, {"scene_recognition": term.item()}
+        return torch.stack(terms).mean()
+
+    def word_term(self, batch: dict, text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+        """The word term over `rows` whose instruction holds a category word (None if none does)."""
+        ids = batch["input_ids"][rows]
+        is_word = ids[..., None] == self.category_tokens  # (rows, tokens, categories)
+        named = is_word.any(-1).any(-1)
+        if not named.any():
+            return None
+        rows, is_word = rows[named], is_word[named]
+        position = is_word.any(-1).float().argmax(-1)  # the first category word of each instruction
+        category = is_word[torch.arange(len(rows)), position].float().argmax(-1)
+        words = self.words(text[rows, position].float())  # (n, d)
+        shares = batch["scene_shares"][rows].float() / 255
+        named_share = shares[torch.arange(len(rows)), 1 + category][:, None]  # (n, 1, grid, grid)
+        terms = []
+        for i, block in enumerate(self.settings.blocks):
+            cells = self.cells[block.replace(".", "-")](self.features[block][rows].float())  # (n, d, h, w)
+            logits = torch.einsum("ndhw,nd->nhw", cells, words) / self.settings.word_width ** 0.5 + self.word_bias[i]
+            target = F.adaptive_avg_pool2d(named_share, logits.shape[-2:])[:, 0]
+            terms.append(F.binary_cross_entropy_with_logits(logits, target))
+        return torch.stack(terms).mean()

@@ -32,7 +32,7 @@ from icv_deploy.errors import IcvError
 from .attention_grounding import AttentionGrounding, Grounding
 from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
 from .one_pass_loss import decoded_terms, one_pass_loss
-from .scene_recognition import SceneLabels, SceneRecognition, SceneRecognitionHead
+from .scene_recognition import SceneLabels, SceneRecognition, SceneRecognitionHead, category_tokens
 
 logger = logging.getLogger("icv_deploy.training")
 
@@ -74,8 +74,8 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     `decoded` (a DecodedLoss, cached latents) the decoded-pixel terms of training/one_pass_loss.py on the clean
     latent the prediction implies at its timestep, and with `grounding` (a Grounding) the cross-attention terms of
     training/attention_grounding.py, both for the examples that kept both conditions, and with `recognition` (a
-    SceneRecognitionHead) the category term of training/scene_recognition.py for those that kept the picture. `weights`
-    (timestep_weights): how often each timestep is drawn; None: uniformly."""
+    SceneRecognitionHead) the category term of training/scene_recognition.py for those that kept the picture (its word
+    term for those that kept both). `weights` (timestep_weights): how often each timestep is drawn; None: uniformly."""
     from diffusers.utils.torch_utils import randn_tensor
 
     if "image_latents" in batch:  # cached (training/latent_cache.py): the same quantities, encoded once
@@ -125,7 +125,7 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
         grounded, more = grounding.terms(batch, kept)
         extra, terms = extra + grounded, {**terms, **more}
     if recognition is not None:
-        recognised, more = recognition(batch, (~drop_image).nonzero().flatten())
+        recognised, more = recognition(batch, (~drop_image).nonzero().flatten(), text, kept)
         extra, terms = extra + recognised, {**terms, **more}
     return loss + extra, terms
 
@@ -238,7 +238,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         recognition_settings = SceneRecognition(**cfg.scene_recognition)
         if recognition_settings.active:  # a training-only head on the UNet's features, fed the scenes' category maps
             scene_labels = SceneLabels(recognition_settings, rows, cfg.data)
-            recognition = SceneRecognitionHead(recognition_settings, unet, len(scene_labels.categories))
+            words = (category_tokens(tokenizer, scene_labels.categories)
+                     if recognition_settings.word_weight > 0 else None)
+            recognition = SceneRecognitionHead(recognition_settings, unet, len(scene_labels.categories), words,
+                                               text_encoder.config.hidden_size)
             recognition.to(accelerator.device)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()

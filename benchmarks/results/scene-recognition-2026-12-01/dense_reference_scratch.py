@@ -1,7 +1,6 @@
 """Scratch: does dense (per-latent-cell category) supervision teach a recogniser more from the same 4k scenes
 than presence labels (0.72 held-out)? Tiny FCN on the demo VAE's latents; presence = predicted area > tau cells."""
 import json, sys, time
-from pathlib import Path
 import numpy as np, torch, cv2
 import torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, "benchmarks")
