@@ -141,8 +141,8 @@ def test_the_word_term_scores_the_named_categorys_cells_and_reaches_the_word():
 
 @pytest.mark.slow
 def test_the_term_trains_resumes_and_stays_out_of_the_saved_unet(scenes, data, tmp_path, one_thread):
-    """Tiny runs on real synth scenes: the category and word terms fall only when weighted; a run resumed from a checkpoint
-    (the head's weights with it) repeats the uninterrupted run's losses; the saved UNet has no head."""
+    """Tiny runs on real synth scenes: the category and word terms fall only when weighted; a run resumed from a
+    checkpoint (the head's weights with it) repeats the uninterrupted run's losses; the saved UNet has no head."""
     from diffusers import UNet2DConditionModel
 
     common = dict(data=str(data), resolution=32, resize_min=32, resize_max=32, cache_latents=True,

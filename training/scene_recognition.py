@@ -124,7 +124,8 @@ def category_tokens(tokenizer, categories) -> list[int]:
     """The one CLIP token id of each category word, in the categories' order."""
     ids = [tokenizer(c).input_ids[1:-1] for c in categories]
     if any(len(i) != 1 for i in ids):
-        raise IcvError(f"scene_recognition.word_weight needs one-token category words; got {dict(zip(categories, ids))}")
+        raise IcvError("scene_recognition.word_weight needs one-token category words; got "
+                       f"{dict(zip(categories, ids))}")
     return [i[0] for i in ids]
 
 
