@@ -101,3 +101,17 @@ def test_bad_settings_are_named(tmp_path):
     with pytest.raises(IcvError, match=r"segmentation_negatives must lie in \[0, 1\]"):
         load_config("tiny", {"segmentation_negatives": 1.5, "data": "x", "cache_latents": True, "resize_max": 32,
                              "resize_min": 32, "resolution": 32})
+
+
+def test_a_category_word_of_several_tokens_is_named_as_the_options_error(rows, tokenizer):
+    """Negatives and the recognition word term find the category by its one token: a word the tokenizer splits is a
+    bad setting, reported with the option's name, not a crash mid-training."""
+    from icv_deploy.training.prompts import category_word_tokens
+
+    split = "traffic light"  # two tokens
+    with pytest.raises(IcvError, match=r"segmentation_negatives needs one-token category words.*traffic light"):
+        AbsentCategoryNegatives(1.0, rows, tokenizer, torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2),
+                                categories=(*ALL, split))
+    words = category_word_tokens(tokenizer, ALL, "scene_recognition.word_weight")
+    assert list(words) == ALL and len(set(words.values())) == len(ALL)
+    assert all(tokenizer.decode([words[c]]).strip() == c for c in ALL)  # each id is its word

@@ -21,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from .prompts import category_word_tokens
 from .synthetic import CATEGORIES
 
 
@@ -42,10 +43,7 @@ class AbsentCategoryNegatives:
                  categories=CATEGORIES):
         self.share = share
         self.empty_mean, self.empty_std = empty_mean, empty_std  # (flips, C, h, w): the empty mask's posterior
-        ids = {c: tokenizer(c).input_ids[1:-1] for c in categories}
-        if any(len(i) != 1 for i in ids.values()):
-            raise ValueError(f"segmentation_negatives needs one-token category words; got {ids}")
-        self.token = {c: i[0] for c, i in ids.items()}
+        self.token = category_word_tokens(tokenizer, categories, "segmentation_negatives")
         columns = rows.select_columns(["task", "category", "image_id"])
         tasks, names, images = columns["task"], columns["category"], columns["image_id"]
         present = defaultdict(set)

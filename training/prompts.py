@@ -93,6 +93,15 @@ def fill(template: str, category: str | None = None, color1: str | None = None, 
     return template.format(category=category, color1=color1, color2=color2)
 
 
+def category_word_tokens(tokenizer, categories, option: str) -> dict[str, int]:
+    """The one CLIP token id of each category word ({category: id}, in the categories' order), for the training
+    options (`option`, named in the error) that find the category in an instruction by its token."""
+    ids = {c: tokenizer(c).input_ids[1:-1] for c in categories}
+    if any(len(i) != 1 for i in ids.values()):
+        raise IcvError(f"{option} needs one-token category words; got {ids}")
+    return {c: i[0] for c, i in ids.items()}
+
+
 def choose_colors(rng: np.random.Generator) -> tuple[str, str]:
     """Two different colours for a classification prompt, drawn at random (as the paper does)."""
     first, second = rng.choice(len(CLASSIFICATION_COLORS), size=2, replace=False)

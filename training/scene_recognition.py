@@ -120,15 +120,6 @@ class SceneLabels:
         return shares.flip(-1) if mirrored else shares
 
 
-def category_tokens(tokenizer, categories) -> list[int]:
-    """The one CLIP token id of each category word, in the categories' order."""
-    ids = [tokenizer(c).input_ids[1:-1] for c in categories]
-    if any(len(i) != 1 for i in ids):
-        raise IcvError("scene_recognition.word_weight needs one-token category words; got "
-                       f"{dict(zip(categories, ids))}")
-    return [i[0] for i in ids]
-
-
 def block_channels(unet, block: str) -> int:
     """The number of channels a UNet block puts out (down_blocks.i, mid_block, up_blocks.i)."""
     channels = list(unet.config.block_out_channels)

@@ -32,7 +32,8 @@ from icv_deploy.errors import IcvError
 from .attention_grounding import AttentionGrounding, Grounding
 from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
 from .one_pass_loss import decoded_terms, one_pass_loss
-from .scene_recognition import SceneLabels, SceneRecognition, SceneRecognitionHead, category_tokens
+from .prompts import category_word_tokens
+from .scene_recognition import SceneLabels, SceneRecognition, SceneRecognitionHead
 
 logger = logging.getLogger("icv_deploy.training")
 
@@ -238,7 +239,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         recognition_settings = SceneRecognition(**cfg.scene_recognition)
         if recognition_settings.active:  # a training-only head on the UNet's features, fed the scenes' category maps
             scene_labels = SceneLabels(recognition_settings, rows, cfg.data)
-            words = (category_tokens(tokenizer, scene_labels.categories)
+            words = (list(category_word_tokens(tokenizer, scene_labels.categories,
+                                               "scene_recognition.word_weight").values())
                      if recognition_settings.word_weight > 0 else None)
             recognition = SceneRecognitionHead(recognition_settings, unet, len(scene_labels.categories), words,
                                                text_encoder.config.hidden_size)
