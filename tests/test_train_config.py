@@ -10,7 +10,7 @@ from PIL import Image
 from icv_deploy.errors import IcvError
 from icv_deploy.training.augment import example_rng, paired_augment
 from icv_deploy.training.config import TrainConfig, load_config, parse_set, shipped_configs
-from icv_deploy.training.train import dropout_masks, timestep_weights
+from icv_deploy.training.objectives import dropout_masks, timestep_weights
 from icv_deploy.training.train_checkpoints import find_resume_checkpoint, list_checkpoints
 from icv_deploy.training.train_data import EpochShuffleSampler
 
@@ -97,7 +97,7 @@ def draw_timesteps(cfg: TrainConfig, n: int = 100_000) -> torch.Tensor:
 
     from diffusers import DDPMScheduler
 
-    from icv_deploy.training.train import instruct_pix2pix_loss
+    from icv_deploy.training.objectives import instruct_pix2pix_loss
 
     seen = []
 

@@ -160,6 +160,71 @@ def test_the_mask_term_rewards_committing_to_the_likelier_pixels():
     assert mask_loss(empty * 0.9, empty, settings) < 0.01 < mask_loss(committed, empty, settings)
 
 
+def flat(rgb, size: int = 8) -> torch.Tensor:
+    """A (1, 3, size, size) picture of one colour, given in 0..255, in [-1, 1]."""
+    return (torch.tensor(rgb, dtype=torch.float32) / 127.5 - 1).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+
+
+def test_the_colour_term_rewards_the_nearer_named_colour():
+    """For "cyan if present, pink if absent": an answer painted as a mixture of the two (what an MSE fit of an
+    uncertain answer paints) costs log 2, the right colour almost nothing, the wrong one much; the gradient moves a
+    mixture toward the right colour, and an absent category's answer is pushed to the other colour."""
+    from icv_deploy.tasks.encodings import COLORS
+    from icv_deploy.training.one_pass_loss import DecodedLoss, color_loss
+
+    present, absent = flat(COLORS["cyan"]), flat(COLORS["pink"])
+    colors = torch.stack([present[0, :, 0, 0], absent[0, :, 0, 0]])[None]
+    settings = DecodedLoss(color_weight=1.0)
+    mixture = ((present + absent) / 2).requires_grad_(True)
+    assert color_loss(present, present, settings, colors) < 0.05
+    assert color_loss(absent, present, settings, colors) > 2.0
+    assert color_loss(mixture, present, settings, colors).item() == pytest.approx(np.log(2), abs=1e-4)
+    color_loss(mixture, present, settings, colors).backward()
+    step = -mixture.grad[0, :, 0, 0]
+    assert torch.dot(step, present[0, :, 0, 0] - absent[0, :, 0, 0]) > 0
+    assert color_loss(absent, absent, settings, colors) < 0.05 < 2.0 < color_loss(present, absent, settings, colors)
+
+
+def test_the_colour_term_decides_as_the_runtime_does():
+    """On flat answers of random colours the term reads "present" exactly when the runtime's decoder
+    (decode_classification) does: its loss against a present truth is under log 2 then, over it otherwise."""
+    from icv_deploy.tasks.decoders import decode_classification
+    from icv_deploy.tasks.encodings import COLORS
+    from icv_deploy.training.one_pass_loss import DecodedLoss, color_loss
+
+    rng = np.random.default_rng(0)
+    settings = DecodedLoss(color_weight=1.0)
+    names = list({rgb: name for name, rgb in COLORS.items()}.values())  # one name per colour (grey and gray)
+    agree = 0
+    for _ in range(60):
+        yes, no = rng.choice(names, 2, replace=False)
+        colors = torch.stack([flat(COLORS[yes])[0, :, 0, 0], flat(COLORS[no])[0, :, 0, 0]])[None]
+        rgb = rng.integers(0, 256, 3)
+        answer = np.broadcast_to(rgb.astype(np.uint8), (8, 8, 3))
+        term = color_loss(flat(rgb), flat(COLORS[yes]), settings, colors).item()
+        agree += (term < np.log(2)) == decode_classification(answer, yes, no)[0]
+    assert agree == 60
+
+
+def test_classification_examples_carry_the_colours_the_router_reads(tmp_path):
+    """CachedLatentExamples' answer colours: the instruction's present and absent colours for classification
+    examples, zeros for the others; an instruction that names none gets the runtime's default, blue and black."""
+    import datasets
+
+    from icv_deploy.training.latent_cache import classification_colors
+
+    rows = datasets.Dataset.from_dict({
+        "edit_prompt": ["Show blue if the picture has a cat, otherwise show black", "Segment the cat",
+                        "Colour it cyan if the image has a cone, otherwise colour it pink."],
+        "task": ["classification", "segmentation", "classification"]})
+    colors = classification_colors(rows)
+    expected = torch.tensor([[[-1.0, -1, 1], [-1, -1, -1]], [[0, 0, 0], [0, 0, 0]],
+                             [[-1, 1, 1], [1, 192 / 127.5 - 1, 203 / 127.5 - 1]]])
+    torch.testing.assert_close(colors, expected)
+    unnamed = datasets.Dataset.from_dict({"edit_prompt": ["Is there a cat?"], "task": ["classification"]})
+    torch.testing.assert_close(classification_colors(unnamed), expected[:1])
+
+
 def test_the_autoencoders_outline_term_leaves_blue_objects_away_from_outlines_alone():
     """outline_band_loss (icv-train-vae's box_weight) scores a faint outline above a pure one, like box_loss, but a
     blue object away from any outline costs nothing and gets no gradient (box_loss would push it off blue)."""
@@ -205,6 +270,8 @@ def test_examples_of_the_tasks_with_a_term_are_decoded_first():
     assert decoded_examples(task_ids, DecodedLoss(examples=3, mask_weight=1.0)).tolist() == [1, 3, 0]
     assert decoded_examples(task_ids, DecodedLoss(examples=4, mask_weight=1.0, box_weight=1.0)).tolist() == [1, 2, 3, 0]
     assert decoded_examples(task_ids, DecodedLoss(examples=2, box_weight=1.0)).tolist() == [2, 0]
+    # classification is 3
+    assert decoded_examples(task_ids, DecodedLoss(examples=3, mask_weight=1.0, color_weight=1.0)).tolist() == [1, 3, 4]
 
 
 def test_a_batch_whose_conditioning_was_all_dropped_adds_no_decoded_term():
@@ -223,7 +290,7 @@ def test_the_clean_latent_of_an_exact_prediction_is_the_target():
     right (its velocity, or the noise) gives back the latent that was noised, at every timestep."""
     from diffusers import DDPMScheduler
 
-    from icv_deploy.training.train import predicted_clean_latents
+    from icv_deploy.training.objectives import predicted_clean_latents
 
     gen = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(4, 4, 8, 8, generator=gen), torch.randn(4, 4, 8, 8, generator=gen)
@@ -238,20 +305,22 @@ def test_the_clean_latent_of_an_exact_prediction_is_the_target():
 
 
 def test_the_sampled_objective_takes_the_decoded_terms_too(data_dir, tmp_path):
-    """objective instruct_pix2pix with a decoded_loss section: the mask term is computed on the clean latent the
-    v-prediction implies, logged beside the prediction MSE, and changes what is learnt."""
+    """objective instruct_pix2pix with a decoded_loss section: the mask and colour terms are computed on the clean
+    latent the v-prediction implies, logged beside the prediction MSE, and change what is learnt."""
     common = dict(data=str(data_dir), max_steps=8, checkpoint_every=0, validation_every=0, learning_rate=1e-3,
                   cache_latents=True, resize_max=16, random_flip=False, conditioning_dropout_prob=0.0, use_ema=False)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with_mask = run_in_process(output=str(tmp_path / "mask"), decoded_loss={"weight": 0.0, "mask_weight": 1.0,
-                                                                                 "examples": 2}, **common)
+                                                                                 "color_weight": 1.0, "examples": 2},
+                                   **common)
         plain = run_in_process(output=str(tmp_path / "plain"), **common)
     finally:
         torch.set_num_threads(before)
     logged = read_losses(tmp_path / "mask")
     assert all("prediction_mse" in row for row in logged) and any("mask_bce_dice" in row for row in logged)
+    assert any("color_bce" in row for row in logged)
     assert not any("mask_bce_dice" in row for row in read_losses(tmp_path / "plain"))
     assert with_mask.losses != plain.losses
 

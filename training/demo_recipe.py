@@ -1,4 +1,4 @@
-"""The bundled demo model, trained from scratch with one command (about 2 h 10 min on 2 CPU cores with AMX):
+"""The bundled demo model, trained from scratch with one command (hours on 2 CPU cores; times in its MODEL_CARD.md):
 
     python -m icv_deploy.training.demo_recipe --work runs/demo            # add --install to replace the bundled one
 
@@ -8,20 +8,23 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
     3. vae        icv-train-vae   --config demo-vae                      (AutoencoderKL, scale factor 4)
     4. decoder    icv-train-vae   --config demo-vae-decoder              (its decoder alone: outlines, colours)
     5. outlines   icv-train-vae   --config demo-vae-outlines             (the decoder again, heavier outline weight)
-    6. unet       icv-train       --config demo --resume latest          (UNet + CLIP text encoder from scratch)
+    6. unet       icv-train       --config demo --resume latest          (UNet + CLIP text encoder from scratch, with
+                                                                          training-only recognition terms)
     7. masks      icv-train       --config demo-masks                    (stage 6's model again, with a mask loss)
+       answers    icv-train       --config demo-answers                  (then with a yes/no colour loss too)
        install    the model folder into icv_deploy/assets/demo           (with --install; weights stored as fp16)
     8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
                                                                           fine-tuned from stage 7's model)
     9. masks      icv-train       --config demo-1step-masks              (stage 8's model again, with a mask loss)
 `--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--stage 7 --install` runs stage 7
-alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step (how the shipped models
-were made: stages 1-6 and 8 on 2026-11-30 (stage 8 from stage 6's model), stage 9 on 2026-12-01, stage 7 on
-2026-12-01 from the bundled demo).
-Status: the shipped demo (stage 7 on 2026-12-01) follows instructions for depth (held-out AbsRel 0.114) and roughly
-for segmentation (mIoU 0.28) and classification (0.63, chance 0.57); detection is not learnt (the autoencoder loses
-the outlines; icv_deploy/assets/demo/MODEL_CARD.md). The shipped demo-1step (stage 8 44 min, stage 9 36 min more, from
-the stage-6 model) reaches mIoU 0.37 and AbsRel 0.107 in one pass.
+(both its runs) alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step. How the
+shipped models were made: the demo's stages 1-5 on 2026-11-30, its stages 6 and 7 on 2026-12-02 (on a 2-core AMD
+EPYC, fp32); demo-1step's stage 8 on 2026-11-30 from the stage-6 model of then (2,000 steps without the recognition
+terms), its stage 9 on 2026-12-01.
+Status: the shipped demo follows instructions for depth (held-out AbsRel 0.114) and roughly for segmentation (mIoU
+0.32) and classification (0.65, chance 0.57); detection is not learnt (the autoencoder loses the outlines;
+icv_deploy/assets/demo/MODEL_CARD.md). The shipped demo-1step (stage 8 44 min, stage 9 36 min more) reaches mIoU
+0.37 and AbsRel 0.107 in one pass.
 Held-out scenes for the model card come from another seed (`icv-data synth --seed 1`), never from these.
 Same seed, same model on the same machine; bf16 autocast is used where the CPU has AMX (else fp32), so
 machines of another kind train a slightly different model.
@@ -120,26 +123,34 @@ def run_recipe(work: Path, install_as: str | None, one_step: bool = False) -> Pa
     return model
 
 
+# Stage 7's two runs: (config, output folder under WORK)
+MASK_STAGES = (("demo-masks", "masks"), ("demo-answers", "answers"))
+
+
 def run_masks(work: Path, base: Path | str, install_as: str | None, precision: str, latents: Path | None = None,
               how: str = "") -> Path:
-    """Stage 7: the sampled demo fine-tuned with the decoded mask loss (training/configs/demo-masks.yaml).
-    `latents`: a latent cache made with the same autoencoder and data (stage 6's), copied rather than encoded again
-    (load_or_build_cache checks its key and rebuilds it if it does not match)."""
+    """Stage 7: the sampled demo fine-tuned with the decoded mask loss (training/configs/demo-masks.yaml), then with
+    the decoded answer-colour loss too (demo-answers.yaml). `latents`: a latent cache made with the same autoencoder
+    and data (stage 6's), copied rather than encoded again (load_or_build_cache checks its key and rebuilds it if it
+    does not match); the second run copies the first's."""
     from icv_deploy.atomic import atomic_path
 
     from .config import load_config
     from .latent_cache import CACHE_FILE
     from .train import train
 
-    output = work / "masks"
-    cached, copy = (latents / CACHE_FILE if latents else None), output / "latent-cache" / CACHE_FILE
-    if cached is not None and cached.exists() and not copy.exists():
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(copy, suffix=".safetensors") as tmp:
-            shutil.copy2(cached, tmp)
-    cfg = load_config("demo-masks", {"data": str(work / "data"), "output": str(output), "base_model": str(base),
-                                     "mixed_precision": precision})
-    model = train(cfg, resume="latest").model_dir
+    model = base
+    for config, folder in MASK_STAGES:
+        output = work / folder
+        cached, copy = (latents / CACHE_FILE if latents else None), output / "latent-cache" / CACHE_FILE
+        if cached is not None and cached.exists() and not copy.exists():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(copy, suffix=".safetensors") as tmp:
+                shutil.copy2(cached, tmp)
+        cfg = load_config(config, {"data": str(work / "data"), "output": str(output), "base_model": str(model),
+                                   "mixed_precision": precision})
+        model = train(cfg, resume="latest").model_dir
+        latents = output / "latent-cache"
     if install_as:
         model = install(model, install_as, {"trained_with": f"training/demo_recipe.py{how}", "mixed_precision": precision})
     return model
@@ -181,15 +192,16 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
               help="Only stages 8 and 9, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
                    "missing).")
 @click.option("--stage", type=click.Choice(["7", "9"]), default=None,
-              help="Only this fine-tuning stage: 7 from the bundled demo model, 9 from the bundled demo-1step.")
+              help="Only this fine-tuning stage: 7 (masks, then answers) from the bundled demo model, 9 from the "
+                   "bundled demo-1step.")
 @click.option("--base", default=None, metavar="MODEL",
               help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "
                    "[default: the bundled one named above].")
 @debug_option
 @one_line_errors
 def main(work, install_as, one_step, one_step_only, stage, base):
-    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder, their mask stage
-    (and, with --one-step, the one-pass demo-1step from it).
+    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder, their mask and
+    answer stage (and, with --one-step, the one-pass demo-1step from it).
 
     Resumes every stage; rerun the same command after an interruption.
     """

@@ -117,11 +117,12 @@ def load_or_build_cache(folder: Path, vae, rows, resolution: int, flip: bool = T
 
 class CachedLatentExamples(torch.utils.data.Dataset):
     """Examples as cached latents plus instruction tokens; the flip of each example is drawn per epoch.
-    With `target_pixels` (a resolution), the target picture too, in [-1, 1] and flipped alike, and its task's index in
-    icv_deploy.tasks.TASKS (for the losses on decoded pixels, training/one_pass_loss.py)."""
+    With `target_pixels` (a resolution), the target picture too, in [-1, 1] and flipped alike, its task's index in
+    icv_deploy.tasks.TASKS, and with `answer_colors` each instruction's two classification colours (present, absent;
+    zeros for the other tasks) as the runtime reads them (for the losses on decoded pixels, training/one_pass_loss.py)."""
 
     def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None,
-                 negatives=None, scene_labels=None):
+                 negatives=None, scene_labels=None, answer_colors: bool = False):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
         self.scene_labels = scene_labels  # a SceneLabels (training/scene_recognition.py), or None
         self.negatives = negatives  # an AbsentCategoryNegatives (training/absent_negatives.py), or None
@@ -130,6 +131,7 @@ class CachedLatentExamples(torch.utils.data.Dataset):
         self.targets = rows.select_columns(["edited_image"]) if target_pixels else None
         self.target_pixels = target_pixels
         self.task_ids = torch.tensor([TASKS.index(task) for task in rows["task"]]) if target_pixels else None
+        self.answer_colors = classification_colors(rows) if target_pixels and answer_colors else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -147,7 +149,26 @@ class CachedLatentExamples(torch.utils.data.Dataset):
             pixels = to_tensor(self.targets[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))
             example["target_pixels"] = pixels.flip(-1) if mirrored else pixels
             example["task_id"] = self.task_ids[index]
+            if self.answer_colors is not None:
+                example["answer_colors"] = self.answer_colors[index]
         if self.scene_labels is not None:
             example["scene_shares"] = self.scene_labels(index, bool(mirrored))
         return example if self.negatives is None else self.negatives.apply(example, index, rng, mirrored)
+
+
+def classification_colors(rows) -> torch.Tensor:
+    """(n, 2, 3) in [-1, 1]: each classification example's colour if present and colour if absent, as the runtime's
+    router reads them from its instruction (icv_deploy.tasks.routing: blue and black where it names none); zeros for
+    the other tasks."""
+    from icv_deploy.tasks.encodings import COLORS
+    from icv_deploy.tasks.routing import route
+
+    colors = torch.zeros(len(rows), 2, 3)
+    for i, (prompt, task) in enumerate(zip(rows["edit_prompt"], rows["task"])):
+        if task != "classification":
+            continue
+        named = route(prompt, task="classification")
+        for j, name in enumerate((named.color_if_present, named.color_if_absent)):
+            colors[i, j] = torch.tensor(COLORS[name], dtype=torch.float32) / 127.5 - 1
+    return colors
 

@@ -10,6 +10,7 @@ reads the output here as at inference, so training and inference cannot drift ap
          + decoded_weight * weighted L1 (decoded pixels, target pixels)     over `decoded_examples` of the batch
          + mask_weight * (BCE + Dice) (decoded mask, target mask)          over the segmentation ones among them
          + box_weight * (BCE + Dice) (decoded outlines, target outlines)   over the detection ones among them
+         + color_weight * BCE (decoded colour's score, present or not)      over the classification ones among them
 
 The decoded term puts the task loss after the VAE decoder, where the answers are read: the frozen decoder is run
 on the predicted latent and gradients flow back through it. It matters most for detection: the autoencoder does not
@@ -24,7 +25,11 @@ whose channel mean passes 127 (DESIGN.md 6), so an L1 fit of an uncertain answer
 a dim average that the threshold erases. BCE and Dice on a soft mask (a steep sigmoid around that threshold) reward
 committing to the pixels that are more likely in than out. The box term does the same for detection: the runtime
 reads boxes from pure-blue strokes, so a soft "blueness" (blue minus the larger of red and green) is pushed over
-the line on the target's outline pixels and under it elsewhere. The decoded examples are taken from the tasks whose
+the line on the target's outline pixels and under it elsewhere. The colour term does it for classification: the
+runtime reads yes or no from which of the instruction's two colours the picture is nearer (decode_classification's
+score in [-1, 1]), and an MSE fit of an uncertain answer paints a mixture of the two, often nearer neither (the
+demo's answers, benchmarks/answer_anatomy.py); BCE on that score (of the picture's mean colour) rewards the nearer
+of the two colours, the likelier answer. The decoded examples are taken from the tasks whose
 term is on first, so every batch carries them.
 """
 
@@ -38,7 +43,7 @@ import torch.nn.functional as F
 from icv_deploy.one_pass import OnePass
 from icv_deploy.tasks import TASKS
 
-SEGMENTATION, DETECTION = TASKS.index("segmentation"), TASKS.index("detection")
+SEGMENTATION, DETECTION, CLASSIFICATION = (TASKS.index(t) for t in ("segmentation", "detection", "classification"))
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,13 @@ class DecodedLoss:
     mask_sharpness: float = 10.0  # soft mask = sigmoid(sharpness * channel mean in [-1, 1]): 0.05 / 0.95 at -+0.3
     box_weight: float = 0.0  # of BCE + Dice on the decoded outline pixels of detection examples; 0 turns it off
     box_sharpness: float = 10.0  # soft outline = sigmoid(sharpness * (blueness - 0.4)), blueness = (B - max(R, G)) / 2
+    color_weight: float = 0.0  # of BCE on the decoded answer colour of classification examples; 0 turns it off
+    color_sharpness: float = 5.0  # p(present) = sigmoid(sharpness * score): 0.99 on the present colour exactly
 
     @property
     def active(self) -> bool:
         """Whether any decoded term is on (the decoder runs, the batches carry target pictures and task ids)."""
-        return self.examples > 0 and max(self.weight, self.mask_weight, self.box_weight) > 0
+        return self.examples > 0 and max(self.weight, self.mask_weight, self.box_weight, self.color_weight) > 0
 
 
 def outline_weight_map(pixels: torch.Tensor, outline_weight: float) -> torch.Tensor:
@@ -70,7 +77,8 @@ def pure_blue(pixels: torch.Tensor) -> torch.Tensor:
 
 def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler_config: dict,
                   decoded: DecodedLoss) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss, its terms) of a cached-latent batch: image_latents, target_mean, input_ids (+ target_pixels)."""
+    """(loss, its terms) of a cached-latent batch: image_latents, target_mean, input_ids (+ target_pixels, task_id,
+    answer_colors)."""
     scaling = vae.config.scaling_factor
     image_latents = batch["image_latents"]  # the posterior mode, unscaled, as the pipeline feeds the UNet
     target = batch["target_mean"] * scaling  # deterministic targets: the posterior mean, no sample drawn
@@ -87,8 +95,8 @@ def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler
 
 def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, candidates: torch.Tensor | None = None):
     """(sum of the weighted decoded terms, their values) for predicted clean latents `clean` (scaled): the pixel L1,
-    mask and box terms over `decoded.examples` of the `candidates` (batch indices; default all), the tasks with a
-    term first. Shared by the one-pass objective and the sampled one (training/train.py), which passes the
+    mask, box and colour terms over `decoded.examples` of the `candidates` (batch indices; default all), the tasks with a
+    term first. Shared by the one-pass objective and the sampled one (training/objectives.py), which passes the
     examples whose conditioning was not dropped."""
     if not decoded.active:
         return 0.0, {}
@@ -104,10 +112,12 @@ def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, c
         terms["pixel_l1"] = pixel_l1.item()
         loss = decoded.weight * pixel_l1
     for task, weight, term, name in ((SEGMENTATION, decoded.mask_weight, mask_loss, "mask_bce_dice"),
-                                     (DETECTION, decoded.box_weight, box_loss, "box_bce_dice")):
+                                     (DETECTION, decoded.box_weight, box_loss, "box_bce_dice"),
+                                     (CLASSIFICATION, decoded.color_weight, color_loss, "color_bce")):
         these = batch["task_id"][chosen] == task
         if weight > 0 and these.any():
-            value = term(painted[these], pixels[these], decoded)
+            extra = (batch["answer_colors"][chosen][these].float(),) if task == CLASSIFICATION else ()
+            value = term(painted[these], pixels[these], decoded, *extra)
             terms[name] = value.item()
             loss = loss + weight * value
     return loss, terms
@@ -116,7 +126,8 @@ def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, c
 def decoded_examples(task_ids: torch.Tensor, decoded: DecodedLoss) -> torch.Tensor:
     """Indices of the batch examples that go through the decoder: the first `examples`, those of the tasks whose
     term is on first (a stable order, so the rest keep the batch's random order)."""
-    first = [task for task, weight in ((SEGMENTATION, decoded.mask_weight), (DETECTION, decoded.box_weight)) if weight > 0]
+    first = [task for task, weight in ((SEGMENTATION, decoded.mask_weight), (DETECTION, decoded.box_weight),
+                                       (CLASSIFICATION, decoded.color_weight)) if weight > 0]
     later = ~torch.isin(task_ids, torch.tensor(first, dtype=task_ids.dtype))
     return torch.argsort(later.to(torch.int8), stable=True)[:decoded.examples]
 
@@ -130,6 +141,18 @@ def mask_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss)
 def box_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss) -> torch.Tensor:
     """BCE + soft Dice between the decoded outline pixels (soft blueness) and the target's pure-blue outlines."""
     return bce_dice(decoded.box_sharpness * (blueness(painted) - 0.4), pure_blue(pixels).float())
+
+
+def color_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss, colors: torch.Tensor) -> torch.Tensor:
+    """BCE of the runtime's classification score of the decoded pictures (their mean colour; decode_classification
+    takes the median, which a flat answer shares) against the truth, the named colour nearer the target picture.
+    `colors`: (n, 2, 3), each example's colour if present and colour if absent, in [-1, 1]."""
+    present, absent = colors[:, 0], colors[:, 1]
+    gap = (present - absent).norm(dim=1).clamp(min=1e-6)
+    painted_color, target_color = painted.mean(dim=(2, 3)), pixels.mean(dim=(2, 3))
+    score = ((painted_color - absent).norm(dim=1) - (painted_color - present).norm(dim=1)) / gap
+    truth = (target_color - present).norm(dim=1) < (target_color - absent).norm(dim=1)
+    return F.binary_cross_entropy_with_logits(decoded.color_sharpness * score, truth.float())
 
 
 def outline_band_loss(painted: torch.Tensor, pixels: torch.Tensor, sharpness: float) -> torch.Tensor:
