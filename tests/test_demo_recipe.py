@@ -68,7 +68,8 @@ def test_mask_stage_reuses_the_unet_stages_latents_and_keeps_its_own(trained, au
     assert CliRunner().invoke(main, ["--work", str(tmp_path)]).exit_code == 0
     assert copied.read_bytes() == b"stage 7's own"
     assert not list((tmp_path / "masks" / "latent-cache").glob("*.tmp"))
-    assert (tmp_path / "answers" / "latent-cache" / "latents.safetensors").read_bytes() == b"stage 6"  # the same latents
+    # the answers run trains on the same latents
+    assert (tmp_path / "answers" / "latent-cache" / "latents.safetensors").read_bytes() == b"stage 6"
 
 
 def test_stage_7_alone_starts_from_the_bundled_demo_and_installs_it(trained, tmp_path):

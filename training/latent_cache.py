@@ -119,7 +119,8 @@ class CachedLatentExamples(torch.utils.data.Dataset):
     """Examples as cached latents plus instruction tokens; the flip of each example is drawn per epoch.
     With `target_pixels` (a resolution), the target picture too, in [-1, 1] and flipped alike, its task's index in
     icv_deploy.tasks.TASKS, and with `answer_colors` each instruction's two classification colours (present, absent;
-    zeros for the other tasks) as the runtime reads them (for the losses on decoded pixels, training/one_pass_loss.py)."""
+    zeros for the other tasks) as the runtime reads them; all for the losses on decoded pixels
+    (training/one_pass_loss.py)."""
 
     def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None,
                  negatives=None, scene_labels=None, answer_colors: bool = False):
@@ -171,4 +172,3 @@ def classification_colors(rows) -> torch.Tensor:
         for j, name in enumerate((named.color_if_present, named.color_if_absent)):
             colors[i, j] = torch.tensor(COLORS[name], dtype=torch.float32) / 127.5 - 1
     return colors
-

@@ -29,8 +29,8 @@ the line on the target's outline pixels and under it elsewhere. The colour term 
 runtime reads yes or no from which of the instruction's two colours the picture is nearer (decode_classification's
 score in [-1, 1]), and an MSE fit of an uncertain answer paints a mixture of the two, often nearer neither (the
 demo's answers, benchmarks/answer_anatomy.py); BCE on that score (of the picture's mean colour) rewards the nearer
-of the two colours, the likelier answer. The decoded examples are taken from the tasks whose
-term is on first, so every batch carries them.
+of the two colours, the likelier answer. The decoded examples are taken from the tasks whose term is on first, so
+every batch carries them.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def one_pass_loss(batch: dict, unet, vae, text_encoder, mode: OnePass, scheduler
 
 def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, candidates: torch.Tensor | None = None):
     """(sum of the weighted decoded terms, their values) for predicted clean latents `clean` (scaled): the pixel L1,
-    mask, box and colour terms over `decoded.examples` of the `candidates` (batch indices; default all), the tasks with a
-    term first. Shared by the one-pass objective and the sampled one (training/objectives.py), which passes the
+    mask, box and colour terms over `decoded.examples` of the `candidates` (batch indices; default all), the tasks
+    with a term first. Shared by the one-pass objective and the sampled one (training/objectives.py), which passes the
     examples whose conditioning was not dropped."""
     if not decoded.active:
         return 0.0, {}
