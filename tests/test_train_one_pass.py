@@ -206,7 +206,7 @@ def test_the_colour_term_decides_as_the_runtime_does():
     assert agree == 60
 
 
-def test_classification_examples_carry_the_colours_the_router_reads(tmp_path):
+def test_classification_examples_carry_the_colours_the_router_reads():
     """CachedLatentExamples' answer colours: the instruction's present and absent colours for classification
     examples, zeros for the others; an instruction that names none gets the runtime's default, blue and black."""
     import datasets
