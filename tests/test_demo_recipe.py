@@ -4,6 +4,7 @@ each from the model the stage before made, and that the shipped configs are vali
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -62,14 +63,18 @@ def test_mask_stage_reuses_the_unet_stages_latents_and_keeps_its_own(trained, au
     (tmp_path / "unet" / "latent-cache").mkdir(parents=True)
     (tmp_path / "unet" / "latent-cache" / "latents.safetensors").write_bytes(b"stage 6")
     assert CliRunner().invoke(main, ["--work", str(tmp_path)]).exit_code == 0
+    stage_6 = tmp_path / "unet" / "latent-cache" / "latents.safetensors"
     copied = tmp_path / "masks" / "latent-cache" / "latents.safetensors"
     assert copied.read_bytes() == b"stage 6"
-    copied.write_bytes(b"stage 7's own")  # e.g. rebuilt because the key did not match: a rerun keeps it
-    assert CliRunner().invoke(main, ["--work", str(tmp_path)]).exit_code == 0
-    assert copied.read_bytes() == b"stage 7's own"
-    assert not list((tmp_path / "masks" / "latent-cache").glob("*.tmp"))
+    assert copied.stat().st_ino == stage_6.stat().st_ino  # one file on disk, not a second 800 MB
     # the answers run trains on the same latents
-    assert (tmp_path / "answers" / "latent-cache" / "latents.safetensors").read_bytes() == b"stage 6"
+    assert (tmp_path / "answers" / "latent-cache" / "latents.safetensors").stat().st_ino == stage_6.stat().st_ino
+    rebuilt = copied.with_suffix(".new")  # e.g. rebuilt because the key did not match: replaced whole, as
+    rebuilt.write_bytes(b"stage 7's own")  # load_or_build_cache writes it; a rerun keeps it
+    os.replace(rebuilt, copied)
+    assert CliRunner().invoke(main, ["--work", str(tmp_path)]).exit_code == 0
+    assert copied.read_bytes() == b"stage 7's own" and stage_6.read_bytes() == b"stage 6"
+    assert not list((tmp_path / "masks" / "latent-cache").glob("*.tmp"))
 
 
 def test_stage_7_alone_starts_from_the_bundled_demo_and_installs_it(trained, tmp_path):

@@ -43,6 +43,25 @@ def test_overrides_win_and_bad_keys_are_one_line_errors(tmp_path):
         TrainConfig(resolution=256, resize_min=200).check()
 
 
+def test_a_config_that_extends_another_holds_only_what_differs(tmp_path):
+    """`extends`: the named config (shipped name, or a path relative to the file) read first, this file's keys over
+    it, sections merged key by key and chains followed; a cycle is a one-line error."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "stage.yaml").write_text("extends: demo-masks\nmax_steps: 50\ndecoded_loss:\n"
+                                                  "  color_weight: 0.5\n  min_timestep: 500\n")
+    (tmp_path / "runs" / "late.yaml").write_text("extends: stage.yaml\nseed: 9\n")
+    masks, late = load_config("demo-masks"), load_config(tmp_path / "runs" / "late.yaml")
+    assert (late.max_steps, late.seed) == (50, 9)
+    assert late.decoded_loss == {**masks.decoded_loss, "color_weight": 0.5, "min_timestep": 500}
+    assert masks.decoded_loss["mask_weight"] > 0 and late.scene_recognition == masks.scene_recognition
+    differ = {k for k, v in late.to_dict().items() if v != masks.to_dict()[k]}
+    assert differ == {"max_steps", "seed", "decoded_loss"}
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(IcvError, match=r"extends itself \(a -> b -> a\)"):
+        load_config(tmp_path / "a.yaml")
+
+
 def _picture(seed: int, size=(40, 30)) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 

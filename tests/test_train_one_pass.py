@@ -332,8 +332,50 @@ def test_the_sampled_objective_takes_the_decoded_terms_too(data_dir, tmp_path):
     ({"decoded_loss": {"mask_weight": 1.0}}, "decoded_loss trains on cached latents"),
     ({**ONE_PASS, "one_pass": {"noise_input": "noise"}}, "unknown noise_input 'noise'"),
     ({"objective": "consistency"}, "objective must be instruct_pix2pix or one_pass"),
+    ({**ONE_PASS, "objective": "instruct_pix2pix", "decoded_loss": {"mask_weight": 1.0, "min_timestep": 1000}},
+     "decoded_loss min_timestep must be from 0 to 999, got 1000"),
+    ({**ONE_PASS, "decoded_loss": {"min_timestep": 900}}, "decoded_loss min_timestep is for the sampled objective"),
 ])
 def test_bad_one_pass_settings_are_named(data_dir, tmp_path, settings, message):
     with pytest.raises(IcvError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_in_process(data=str(data_dir), output=str(tmp_path / "run"), max_steps=1, **settings)
 
+
+
+def test_decoded_examples_are_noised_from_min_timestep_the_others_as_before():
+    """decoded_loss.min_timestep: the examples decoded_terms will decode (segmentation and classification first, kept
+    conditioning only) are drawn from [min_timestep, 1000); every other example keeps the timestep it had without."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from icv_deploy.training.objectives import instruct_pix2pix_loss
+    from icv_deploy.training.one_pass_loss import CLASSIFICATION, SEGMENTATION, DecodedLoss
+
+    n = 64
+    task_id = torch.tensor([SEGMENTATION, 1, CLASSIFICATION, 2] * (n // 4))
+    batch = {"image_latents": torch.zeros(n, 4, 2, 2), "target_mean": torch.zeros(n, 4, 2, 2),
+             "target_std": torch.ones(n, 4, 2, 2), "input_ids": torch.zeros(n, 1, dtype=torch.long),
+             "task_id": task_id, "target_pixels": torch.zeros(n, 3, 2, 2),
+             "answer_colors": torch.zeros(n, 2, 3).index_fill_(1, torch.tensor([0]), 1.0)}
+    vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=1.0), dtype=torch.float32,
+                          decode=lambda z: SimpleNamespace(sample=z[:, :3]))
+
+    def draw(decoded):
+        seen = []
+
+        def unet(sample, timesteps, encoder_hidden_states, return_dict):
+            seen.append(timesteps.clone())
+            return (sample[:, :4],)
+
+        instruct_pix2pix_loss(batch, unet, vae, lambda ids: (torch.zeros(len(ids), 1, 8),), DDPMScheduler(),
+                              torch.zeros(1, 1, 8), 0.0, torch.Generator().manual_seed(0), torch.float32,
+                              decoded=decoded)
+        return seen[0]
+
+    plain = draw(DecodedLoss(weight=0.0, examples=24, mask_weight=1.0, color_weight=1.0))
+    late = draw(DecodedLoss(weight=0.0, examples=24, mask_weight=1.0, color_weight=1.0, min_timestep=900))
+    decoded = torch.isin(task_id, torch.tensor([SEGMENTATION, CLASSIFICATION])).nonzero().flatten()[:24]
+    others = torch.ones(n, dtype=torch.bool).index_fill_(0, decoded, False)
+    assert int(late[decoded].min()) >= 900 and int(plain[decoded].min()) < 900
+    assert torch.equal(late[others], plain[others])

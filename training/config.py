@@ -90,6 +90,9 @@ class TrainConfig:
     # scenes, weight, blocks, grid; word_weight, word_width for its word term, the named category's cells scored
     # through the text encoder's output at the word); cached latents of `icv-data synth` scenes only.
     scene_recognition: dict = field(default_factory=dict)
+    # Tokens no training instruction holds, inserted into a share of the instructions so that a user's unknown words
+    # do not derail the answer (training/unknown_tokens.py: share, max_tokens); cached latents only.
+    unknown_tokens: dict = field(default_factory=dict)
 
     # Bookkeeping.
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = none)
@@ -144,6 +147,13 @@ class TrainConfig:
                            "are the cached pictures' scenes, which resizing or cropping would move)")
         if self.segmentation_negatives and not self.cache_latents:
             raise IcvError("segmentation_negatives trains on cached latents: set cache_latents: true")
+        if self.unknown_tokens:
+            from .unknown_tokens import UnknownTokens
+
+            reject_unknown_keys("unknown_tokens", self.unknown_tokens, UnknownTokens.__dataclass_fields__)
+            UnknownTokens(**self.unknown_tokens).check()
+            if not self.cache_latents:
+                raise IcvError("unknown_tokens trains on cached latents: set cache_latents: true")
         return self
 
     def to_dict(self) -> dict:
@@ -157,14 +167,40 @@ def shipped_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def read_config_file(name_or_path: str | Path) -> dict:
-    """The mapping in a YAML file, or in the shipped config of that name."""
+def read_config_file(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping in a YAML file, or in the shipped config of that name. A file with `extends: OTHER` (a shipped
+    name or a path) holds only what differs from OTHER: its keys replace OTHER's, sections (mappings) key by key."""
+    path = config_path(name_or_path)
+    if path.resolve() in seen:
+        raise IcvError(f"config {path}: extends itself ({' -> '.join(p.stem for p in (*seen, path.resolve()))})")
+    values = read_yaml_mapping(path)
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    beside = path.parent / str(parent)  # a path is read relative to the file that names it
+    return merge_sections(read_config_file(beside if beside.is_file() else parent, (*seen, path.resolve())), values)
+
+
+def merge_sections(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied: mappings merged key by key (recursively), anything else replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_sections(merged[key], value) if both_mappings else value
+    return merged
+
+
+def config_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if not path.exists():
         path = CONFIG_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise IcvError(f"config {name_or_path}: no such file and no shipped config of that name "
                            f"(shipped: {', '.join(shipped_configs())})")
+    return path
+
+
+def read_yaml_mapping(path: Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

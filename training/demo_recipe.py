@@ -33,6 +33,7 @@ machines of another kind train a slightly different model.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -131,10 +132,8 @@ def run_masks(work: Path, base: Path | str, install_as: str | None, precision: s
               how: str = "") -> Path:
     """Stage 7: the sampled demo fine-tuned with the decoded mask loss (training/configs/demo-masks.yaml), then with
     the decoded answer-colour loss too (demo-answers.yaml). `latents`: a latent cache made with the same autoencoder
-    and data (stage 6's), copied rather than encoded again (load_or_build_cache checks its key and rebuilds it if it
-    does not match); the second run copies the first's."""
-    from icv_deploy.atomic import atomic_path
-
+    and data (stage 6's), linked rather than encoded again (load_or_build_cache checks its key and rebuilds it if it
+    does not match); the second run links the first's."""
     from .config import load_config
     from .latent_cache import CACHE_FILE
     from .train import train
@@ -144,9 +143,7 @@ def run_masks(work: Path, base: Path | str, install_as: str | None, precision: s
         output = work / folder
         cached, copy = (latents / CACHE_FILE if latents else None), output / "latent-cache" / CACHE_FILE
         if cached is not None and cached.exists() and not copy.exists():
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(copy, suffix=".safetensors") as tmp:
-                shutil.copy2(cached, tmp)
+            share_file(cached, copy)
         cfg = load_config(config, {"data": str(work / "data"), "output": str(output), "base_model": str(model),
                                    "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
@@ -154,6 +151,19 @@ def run_masks(work: Path, base: Path | str, install_as: str | None, precision: s
     if install_as:
         model = install(model, install_as, {"trained_with": f"training/demo_recipe.py{how}", "mixed_precision": precision})
     return model
+
+
+def share_file(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (a copy across file systems), atomically. The caches are only ever
+    replaced whole (atomic_path), never written in place, so two runs can share one file's 800 MB."""
+    from icv_deploy.atomic import atomic_path
+
+    with atomic_path(target, suffix=source.suffix) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
 
 
 # The one-pass stages: (number, config, output folder under WORK)

@@ -123,11 +123,16 @@ class CachedLatentExamples(torch.utils.data.Dataset):
     (training/one_pass_loss.py)."""
 
     def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None,
-                 negatives=None, scene_labels=None, answer_colors: bool = False):
+                 negatives=None, scene_labels=None, answer_colors: bool = False, unknown_tokens=None):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
         self.scene_labels = scene_labels  # a SceneLabels (training/scene_recognition.py), or None
         self.negatives = negatives  # an AbsentCategoryNegatives (training/absent_negatives.py), or None
         self.input_ids = tokenize(tokenizer, list(rows["edit_prompt"]))
+        self.insertion = None  # an UnknownTokenInsertion (training/unknown_tokens.py), or None
+        if unknown_tokens is not None and unknown_tokens.share > 0:
+            from .unknown_tokens import UnknownTokenInsertion
+
+            self.insertion = UnknownTokenInsertion(unknown_tokens, self.input_ids, tokenizer)
         # only the target column: indexing the whole row would decode the input picture too
         self.targets = rows.select_columns(["edited_image"]) if target_pixels else None
         self.target_pixels = target_pixels
@@ -154,7 +159,11 @@ class CachedLatentExamples(torch.utils.data.Dataset):
                 example["answer_colors"] = self.answer_colors[index]
         if self.scene_labels is not None:
             example["scene_shares"] = self.scene_labels(index, bool(mirrored))
-        return example if self.negatives is None else self.negatives.apply(example, index, rng, mirrored)
+        if self.negatives is not None:
+            example = self.negatives.apply(example, index, rng, mirrored)
+        if self.insertion is not None:
+            example["input_ids"] = self.insertion.apply(example["input_ids"], rng)
+        return example
 
 
 def classification_colors(rows) -> torch.Tensor:

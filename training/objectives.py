@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from icv_deploy.errors import IcvError
+
 from .config import TrainConfig, reject_unknown_keys
-from .one_pass_loss import decoded_terms
+from .one_pass_loss import decoded_examples, decoded_terms
 
 
 def dropout_masks(u: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,10 +65,15 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen).to(device)
     else:
         timesteps = torch.multinomial(weights, bsz, replacement=True, generator=gen).to(device)
-    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
     text = text_encoder(batch["input_ids"])[0]
 
     drop_text, drop_image = dropout_masks(torch.rand(bsz, generator=gen).to(device), dropout)
+    kept = (~drop_text & ~drop_image).nonzero().flatten()
+    if decoded is not None and decoded.active and decoded.min_timestep > 0 and len(kept):
+        chosen = kept[decoded_examples(batch["task_id"][kept], decoded)]  # the ones decoded_terms will decode
+        timesteps[chosen] = torch.randint(decoded.min_timestep, noise_scheduler.config.num_train_timesteps,
+                                          (len(chosen),), generator=gen).to(device)
+    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
     text = torch.where(drop_text.view(bsz, 1, 1), null_text.to(text.dtype).expand_as(text), text)
     image_latents = image_latents * (~drop_image).view(bsz, 1, 1, 1).to(image_latents.dtype)
 
@@ -81,7 +88,6 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
     if (decoded is None or not decoded.active) and grounding is None and recognition is None:
         return loss, {}
-    kept = (~drop_text & ~drop_image).nonzero().flatten()
     extra, terms = 0.0, {"prediction_mse": loss.item()}
     if decoded is not None and decoded.active:
         clean = predicted_clean_latents(prediction.float(), noisy_latents.float(), timesteps, noise_scheduler)
@@ -114,6 +120,11 @@ def objective_settings(cfg: TrainConfig, scheduler_config: dict):
 
     reject_unknown_keys("decoded_loss", cfg.decoded_loss, DecodedLoss.__dataclass_fields__)
     decoded = DecodedLoss(**cfg.decoded_loss) if cfg.objective == "one_pass" or cfg.decoded_loss else None
+    timesteps = scheduler_config.get("num_train_timesteps", 1000)
+    if decoded is not None and not 0 <= decoded.min_timestep < timesteps:
+        raise IcvError(f"decoded_loss min_timestep must be from 0 to {timesteps - 1}, got {decoded.min_timestep}")
+    if decoded is not None and decoded.min_timestep and cfg.objective == "one_pass":
+        raise IcvError("decoded_loss min_timestep is for the sampled objective; one_pass trains at its one timestep")
     if cfg.objective != "one_pass":
         return None, decoded
     reject_unknown_keys("one_pass", cfg.one_pass, OnePass.__dataclass_fields__)

@@ -57,6 +57,10 @@ class DecodedLoss:
     box_sharpness: float = 10.0  # soft outline = sigmoid(sharpness * (blueness - 0.4)), blueness = (B - max(R, G)) / 2
     color_weight: float = 0.0  # of BCE on the decoded answer colour of classification examples; 0 turns it off
     color_sharpness: float = 5.0  # p(present) = sigmoid(sharpness * score): 0.99 on the present colour exactly
+    # Sampled objective only: the decoded examples' timesteps are drawn from [min_timestep, 1000), where a few-step
+    # sampler decides its answer (4 trailing steps start at 999), not where the noisy target gives it away; 0: as
+    # every other example's.
+    min_timestep: int = 0
 
     @property
     def active(self) -> bool:

@@ -163,12 +163,15 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     if cache is not None:
         from .latent_cache import CachedLatentExamples
+        from .unknown_tokens import UnknownTokens
 
+        insertion = UnknownTokens(**cfg.unknown_tokens) if cfg.unknown_tokens else None
         wants_pixels = (decoded is not None and decoded.active) or grounding is not None
         pixels = cfg.resolution if wants_pixels else None  # for the decoded and grounding terms
         examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels,
                                         negatives=negatives, scene_labels=scene_labels,
-                                        answer_colors=decoded is not None and decoded.color_weight > 0)
+                                        answer_colors=decoded is not None and decoded.color_weight > 0,
+                                        unknown_tokens=insertion)
     else:
         examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
                                        cfg.random_flip, cfg.seed)
@@ -358,7 +361,8 @@ def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, 
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--config", "config_name", help=f"YAML file or shipped config ({', '.join(shipped_configs())}).")
+@click.option("--config", "config_name", help=f"YAML file or shipped config ({', '.join(shipped_configs())}); a file "
+              "with `extends: OTHER` holds only what differs from OTHER.")
 @click.option("--base-model", help="Start from this diffusers folder or hub id (4-channel SD or 8-channel InstructCV), or random:tiny.")
 @click.option("--data", help="Training data: an `icv-data build` output folder.")
 @click.option("--output", help="Output folder: checkpoints/, logs/, validation/ and the final model/.")
