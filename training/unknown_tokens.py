@@ -2,16 +2,17 @@
 
 A text encoder trained from scratch knows only the tokens of its training instructions: the demo's pool of
 paraphrases holds 135 of CLIP's 49,408. Any other word a user writes ("Highlight the parts corresponding to the
-cube") reaches it as an embedding still at its random initialisation, and answer_anatomy / `icv-eval --prompts
-unseen` showed such words derailing answers whose known words said enough (per-prompt figures in
-benchmarks/RESULTS.md). With an `unknown_tokens` section in an icv-train config, a share of the examples (drawn per
-epoch and example) get 1 to `max_tokens` tokens inserted at random places between the start and end tokens, each
-drawn from the vocabulary less every token of the training instructions and the special ones, so the model learns to
-answer from the words it knows:
+cube") reaches it as an embedding still at its random initialisation. With an `unknown_tokens` section in an
+icv-train config, a share of the examples (drawn per epoch and example) get 1 to `max_tokens` tokens inserted at
+random places between the start and end tokens, each drawn from the vocabulary less every token of the training
+instructions and the special ones, so the model learns to answer from the words it knows:
 
     "Mark all pixels that belong to the cube." -> "Mark all pixels jubilee that belong to the cube."   same target
 
 Insertion, not replacement: the task and category words always survive, so the target stays right.
+Measured on the demo (benchmarks/results/unknown-words-2026-12-02/): 300 fine-tuning steps with a share of 0.3
+changed no figure under unseen phrasings, which fail with known words too (word order, context): a larger pool of
+phrasings is the lever there; this is a guard against stray words, not a substitute.
 """
 
 from __future__ import annotations
