@@ -341,7 +341,6 @@ def test_bad_one_pass_settings_are_named(data_dir, tmp_path, settings, message):
         run_in_process(data=str(data_dir), output=str(tmp_path / "run"), max_steps=1, **settings)
 
 
-
 def test_decoded_examples_are_noised_from_min_timestep_the_others_as_before():
     """decoded_loss.min_timestep: the examples decoded_terms will decode (segmentation and classification first, kept
     conditioning only) are drawn from [min_timestep, 1000); every other example keeps the timestep it had without."""

@@ -54,7 +54,7 @@ def test_inserted_tokens_are_unknown_and_every_original_token_stays_in_order(tok
         assert set(noisy.tolist()[len(after) + 1:]) == {tokenizer.pad_token_id}  # end token, then padding
         counts.append(len(added))
     assert set(counts) == {1, 2, 3}
-    # the text is what a tokenizer would give for it: decoding and encoding again returns the same tokens
+    # decoded, it reads as the instruction with words added: the category word kept, the text longer
     noisy = insertion.apply(known[0], np.random.default_rng(0))
     text = tokenizer.decode(words(noisy, tokenizer))
     assert "cube" in text and len(text) > len("mark all pixels that belong to the cube.")
