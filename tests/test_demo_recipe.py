@@ -51,9 +51,10 @@ def test_whole_recipe_runs_every_stage_in_order_each_from_the_last(trained, auto
     assert autoencoder_stages == ["demo-vae", "demo-vae-decoder", "demo-vae-outlines"]
     assert [(output, base) for output, base, _ in calls] == [
         ("unet", "random"), ("masks", str(tmp_path / "unet" / "model")), ("answers", str(tmp_path / "masks" / "model")),
-        ("one-step", str(tmp_path / "answers" / "model")), ("one-step-masks", str(tmp_path / "one-step" / "model"))]
-    # the sampled model is installed after its mask stage (masks, then answers), the one-pass model after its own
-    assert [(model, name) for model, name, _ in installed] == [(tmp_path / "answers" / "model", "demo"),
+        ("phrasings", str(tmp_path / "answers" / "model")), ("one-step", str(tmp_path / "phrasings" / "model")),
+        ("one-step-masks", str(tmp_path / "one-step" / "model"))]
+    # the sampled model is installed after its stage 7 (masks, answers, phrasings), the one-pass model after its own
+    assert [(model, name) for model, name, _ in installed] == [(tmp_path / "phrasings" / "model", "demo"),
                                                                (tmp_path / "one-step-masks" / "model", "demo-1step")]
 
 
@@ -67,8 +68,9 @@ def test_mask_stage_reuses_the_unet_stages_latents_and_keeps_its_own(trained, au
     copied = tmp_path / "masks" / "latent-cache" / "latents.safetensors"
     assert copied.read_bytes() == b"stage 6"
     assert copied.stat().st_ino == stage_6.stat().st_ino  # one file on disk, not a second 800 MB
-    # the answers run trains on the same latents
-    assert (tmp_path / "answers" / "latent-cache" / "latents.safetensors").stat().st_ino == stage_6.stat().st_ino
+    # the answers and phrasings runs train on the same latents
+    for run in ("answers", "phrasings"):
+        assert (tmp_path / run / "latent-cache" / "latents.safetensors").stat().st_ino == stage_6.stat().st_ino
     rebuilt = copied.with_suffix(".new")  # e.g. rebuilt because the key did not match: replaced whole, as
     rebuilt.write_bytes(b"stage 7's own")  # load_or_build_cache writes it; a rerun keeps it
     os.replace(rebuilt, copied)
@@ -83,9 +85,10 @@ def test_stage_7_alone_starts_from_the_bundled_demo_and_installs_it(trained, tmp
     calls, installed = trained
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "7", "--install"])
     assert result.exit_code == 0, result.output
-    assert calls == [("masks", "demo", 800), ("answers", str(tmp_path / "masks" / "model"), 300)]
+    assert calls == [("masks", "demo", 800), ("answers", str(tmp_path / "masks" / "model"), 300),
+                     ("phrasings", str(tmp_path / "answers" / "model"), 300)]
     [(model, name, extra)] = installed
-    assert model == tmp_path / "answers" / "model" and name == "demo"
+    assert model == tmp_path / "phrasings" / "model" and name == "demo"
     assert "--stage 7" in extra["trained_with"]
 
 
@@ -95,7 +98,7 @@ def test_a_single_stage_can_start_from_another_model(trained, tmp_path):
     calls, installed = trained
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "7", "--base", "old/stage6", "--install"])
     assert result.exit_code == 0, result.output
-    assert calls == [("masks", "old/stage6", 800), ("answers", str(tmp_path / "masks" / "model"), 300)]
+    assert calls[:2] == [("masks", "old/stage6", 800), ("answers", str(tmp_path / "masks" / "model"), 300)]
     assert "--stage 7 (on old/stage6)" in installed[0][2]["trained_with"]
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--base", "old/stage6"])
     assert result.exit_code == 2 and result.output.startswith("error: --base goes with --stage")
@@ -135,7 +138,7 @@ def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     assert (decoded.mask_weight > 0) == (name == "demo-1step-masks")
 
 
-@pytest.mark.parametrize("name", ["demo-masks", "demo-answers"])
+@pytest.mark.parametrize("name", ["demo-masks", "demo-answers", "demo-phrasings"])
 def test_shipped_mask_stage_configs_keep_the_demos_sampler_and_train_only_their_decoded_terms(name):
     from icv_deploy.training.config import load_config
     from icv_deploy.training.objectives import objective_settings
@@ -144,7 +147,8 @@ def test_shipped_mask_stage_configs_keep_the_demos_sampler_and_train_only_their_
     mode, decoded = objective_settings(cfg, {"num_train_timesteps": 1000, "prediction_type": "v_prediction"})
     assert mode is None and cfg.objective == "instruct_pix2pix"  # still the sampled model
     assert decoded.active and decoded.mask_weight > 0 and decoded.weight == 0
-    assert (decoded.color_weight > 0) == (name == "demo-answers")
+    assert (decoded.color_weight > 0) == (name != "demo-masks")
+    assert bool(cfg.rephrase) == (name == "demo-phrasings")
     assert cfg.scene_recognition == demo.scene_recognition  # stage 6's recognition terms kept
     assert cfg.cache_latents and cfg.resolution == demo.resolution
     assert cfg.runtime == demo.runtime  # its icv_config.json keeps the default setting the model card measures

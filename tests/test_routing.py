@@ -80,6 +80,12 @@ OWN = [
     ("Compute the disparity map", "depth", None),
     ("Create a depth map for the kitchen", "depth", "kitchen"),
     ("Estimate the depth of the Golden Gate Bridge", "depth", "Golden Gate Bridge"),
+    # "here" and "for this image" say where, not what (the phrasing grammar's instructions)
+    ("Where is the dog here?", "detection", "dog"),
+    ("Could you segment every dog shown here?", "segmentation", "dog"),
+    ("Give me the segmentation of the dog for this image.", "segmentation", "dog"),
+    ("Return the bounding box of the Sather Tower for the photo!", "detection", "Sather Tower"),
+    ("Segment the Hereford cow", "segmentation", "Hereford cow"),
 ]
 
 CLASSIFICATION = [
@@ -98,6 +104,8 @@ CLASSIFICATION = [
     ("Does the image contain a dog? If yes, show red, otherwise show green.", "dog", "red", "green"),
     ("Show a red block if you see a tiger, otherwise a black block", "tiger", "red", "black"),
     ("Show the colour blue if the photo shows a lion; otherwise show the colour white", "lion", "blue", "white"),
+    ("Is there a dog here? If there is, red, else, green", "dog", "red", "green"),
+    ("Red if there is a horse shown here, green if not.", "horse", "red", "green"),
 ]
 
 

@@ -41,6 +41,8 @@ def test_overrides_win_and_bad_keys_are_one_line_errors(tmp_path):
         load_config("no-such-config")
     with pytest.raises(IcvError, match="resize_min"):
         TrainConfig(resolution=256, resize_min=200).check()
+    with pytest.raises(IcvError, match="text_encoder_learning_rate must be positive, got 0.0"):
+        load_config("tiny", {"text_encoder_learning_rate": 0.0})
 
 
 def test_a_config_that_extends_another_holds_only_what_differs(tmp_path):

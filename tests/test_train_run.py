@@ -224,3 +224,28 @@ def test_a_swapped_autoencoder_is_the_one_the_trained_model_carries(data_dir, ti
         assert torch.equal(weight, expected), name
         if weight.is_floating_point() and weight.abs().sum() > 0:
             assert not torch.equal(weight, old), name
+
+
+def test_the_text_encoder_trains_at_its_own_rate_on_rephrased_instructions(data_dir, tiny_model, tmp_path, one_thread):
+    """`text_encoder_learning_rate` is the text encoder's alone, and `rephrase` (every instruction drawn from the
+    phrasing grammar) trains end to end on cached latents."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    def distance(trained, base):
+        return max((a - b).abs().max().item() for a, b in zip(trained.parameters(), base.parameters()))
+
+    base_text = CLIPTextModel.from_pretrained(tiny_model, subfolder="text_encoder")
+    base_unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
+    moved = {}
+    for text_rate in (1e-12, 1e-2):
+        output = tmp_path / f"text-{text_rate}"
+        run_in_process(data=str(data_dir), output=str(output), base_model=str(tiny_model), max_steps=3,
+                       checkpoint_every=0, validation_every=0, cache_latents=True, resize_max=16, random_flip=False,
+                       use_ema=False, train_text_encoder=True, learning_rate=1e-3, text_encoder_learning_rate=text_rate,
+                       rephrase={"share": 1.0})
+        text = CLIPTextModel.from_pretrained(output / "model", subfolder="text_encoder")
+        unet = UNet2DConditionModel.from_pretrained(output / "model", subfolder="unet")
+        moved[text_rate] = distance(text, base_text)
+        assert distance(unet, base_unet) > 1e-4  # the UNet trains at learning_rate either way
+    assert moved[1e-12] < 1e-8 < 1e-3 < moved[1e-2]

@@ -62,6 +62,8 @@ class TrainConfig:
     use_ema: bool = True
     ema_decay: float = 0.9999
     train_text_encoder: bool = False  # with use_ema, the text encoder gets its own EMA copy
+    # The text encoder's own learning rate when it is trained (None: learning_rate); the schedule scales both alike.
+    text_encoder_learning_rate: float | None = None
     gradient_checkpointing: bool = False
     mixed_precision: str | None = None  # "no", "fp16", "bf16"; None = what `accelerate launch` says
     seed: int = 42
@@ -93,6 +95,9 @@ class TrainConfig:
     # Tokens no training instruction holds, inserted into a share of the instructions so that a user's unknown words
     # do not derail the answer (training/unknown_tokens.py: share, max_tokens); cached latents only.
     unknown_tokens: dict = field(default_factory=dict)
+    # A share of the instructions drawn instead from a phrasing grammar, category and colours kept, so that the text
+    # encoder learns more than the pool's phrasings (training/phrasing_grammar.py: share, grammar); cached latents only.
+    rephrase: dict = field(default_factory=dict)
 
     # Bookkeeping.
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = none)
@@ -114,6 +119,8 @@ class TrainConfig:
         if self.resize_min < self.resolution or self.resize_max < self.resize_min:
             raise IcvError(f"need resolution <= resize_min <= resize_max, got {self.resolution}, "
                            f"{self.resize_min}, {self.resize_max}")
+        if self.text_encoder_learning_rate is not None and self.text_encoder_learning_rate <= 0:
+            raise IcvError(f"text_encoder_learning_rate must be positive, got {self.text_encoder_learning_rate}")
         if self.train_batch_size < 1:
             raise IcvError(f"train_batch_size must be at least 1, got {self.train_batch_size}")
         if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
@@ -154,6 +161,13 @@ class TrainConfig:
             UnknownTokens(**self.unknown_tokens).check()
             if not self.cache_latents:
                 raise IcvError("unknown_tokens trains on cached latents: set cache_latents: true")
+        if self.rephrase:
+            from .phrasing_grammar import Rephrase
+
+            reject_unknown_keys("rephrase", self.rephrase, Rephrase.__dataclass_fields__)
+            Rephrase(**self.rephrase).check()
+            if not self.cache_latents:
+                raise IcvError("rephrase trains on cached latents: set cache_latents: true")
         return self
 
     def to_dict(self) -> dict:

@@ -12,17 +12,19 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
                                                                           training-only recognition terms)
     7. masks      icv-train       --config demo-masks                    (stage 6's model again, with a mask loss)
        answers    icv-train       --config demo-answers                  (then with a yes/no colour loss too)
+       phrasings  icv-train       --config demo-phrasings                (then half the instructions from the
+                                                                          phrasing grammar: training/prompts/)
        install    the model folder into icv_deploy/assets/demo           (with --install; weights stored as fp16)
     8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
                                                                           fine-tuned from stage 7's model)
     9. masks      icv-train       --config demo-1step-masks              (stage 8's model again, with a mask loss)
 `--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--stage 7 --install` runs stage 7
-(both its runs) alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step. How the
+(its three runs) alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step. How the
 shipped models were made: the demo's stages 1-5 on 2026-11-30, its stages 6 and 7 on 2026-12-02 (on a 2-core AMD
-EPYC, fp32); demo-1step's stage 8 on 2026-11-30 from the stage-6 model of then (2,000 steps without the recognition
+EPYC, fp32; the phrasings run from the answers run as stored in fp16); demo-1step's stage 8 on 2026-11-30 from the stage-6 model of then (2,000 steps without the recognition
 terms), its stage 9 on 2026-12-01.
-Status: the shipped demo follows instructions for depth (held-out AbsRel 0.114) and roughly for segmentation (mIoU
-0.32) and classification (0.65, chance 0.57); detection is not learnt (the autoencoder loses the outlines;
+Status: the shipped demo follows instructions for depth (held-out AbsRel 0.108) and roughly for segmentation (mIoU
+0.34) and classification (0.60, chance 0.57); detection is not learnt (the autoencoder loses the outlines;
 icv_deploy/assets/demo/MODEL_CARD.md). The shipped demo-1step (stage 8 44 min, stage 9 36 min more) reaches mIoU
 0.37 and AbsRel 0.107 in one pass.
 Held-out scenes for the model card come from another seed (`icv-data synth --seed 1`), never from these.
@@ -124,16 +126,17 @@ def run_recipe(work: Path, install_as: str | None, one_step: bool = False) -> Pa
     return model
 
 
-# Stage 7's two runs: (config, output folder under WORK)
-MASK_STAGES = (("demo-masks", "masks"), ("demo-answers", "answers"))
+# Stage 7's runs: (config, output folder under WORK)
+MASK_STAGES = (("demo-masks", "masks"), ("demo-answers", "answers"), ("demo-phrasings", "phrasings"))
 
 
 def run_masks(work: Path, base: Path | str, install_as: str | None, precision: str, latents: Path | None = None,
               how: str = "") -> Path:
     """Stage 7: the sampled demo fine-tuned with the decoded mask loss (training/configs/demo-masks.yaml), then with
-    the decoded answer-colour loss too (demo-answers.yaml). `latents`: a latent cache made with the same autoencoder
-    and data (stage 6's), linked rather than encoded again (load_or_build_cache checks its key and rebuilds it if it
-    does not match); the second run links the first's."""
+    the decoded answer-colour loss too (demo-answers.yaml), then with half its instructions from the phrasing grammar
+    (demo-phrasings.yaml). `latents`: a latent cache made with the same autoencoder and data (stage 6's), linked
+    rather than encoded again (load_or_build_cache checks its key and rebuilds it if it does not match); each later
+    run links the one before's."""
     from .config import load_config
     from .latent_cache import CACHE_FILE
     from .train import train
@@ -202,7 +205,7 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
               help="Only stages 8 and 9, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
                    "missing).")
 @click.option("--stage", type=click.Choice(["7", "9"]), default=None,
-              help="Only this fine-tuning stage: 7 (masks, then answers) from the bundled demo model, 9 from the "
+              help="Only this fine-tuning stage: 7 (masks, answers, then phrasings) from the bundled demo model, 9 from the "
                    "bundled demo-1step.")
 @click.option("--base", default=None, metavar="MODEL",
               help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "
@@ -210,8 +213,8 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
 @debug_option
 @one_line_errors
 def main(work, install_as, one_step, one_step_only, stage, base):
-    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder, their mask and
-    answer stage (and, with --one-step, the one-pass demo-1step from it).
+    """Retrain the bundled demo model from scratch: scenes, data, autoencoder, UNet + text encoder, their mask,
+    answer and phrasing runs (and, with --one-step, the one-pass demo-1step from it).
 
     Resumes every stage; rerun the same command after an interruption.
     """

@@ -123,7 +123,7 @@ class CachedLatentExamples(torch.utils.data.Dataset):
     (training/one_pass_loss.py)."""
 
     def __init__(self, rows, cache: dict, tokenizer, flip: bool, seed: int, target_pixels: int | None = None,
-                 negatives=None, scene_labels=None, answer_colors: bool = False, unknown_tokens=None):
+                 negatives=None, scene_labels=None, answer_colors: bool = False, unknown_tokens=None, rephrase=None):
         self.cache, self.flip, self.seed, self.epoch = cache, flip, seed, 0
         self.scene_labels = scene_labels  # a SceneLabels (training/scene_recognition.py), or None
         self.negatives = negatives  # an AbsentCategoryNegatives (training/absent_negatives.py), or None
@@ -133,6 +133,11 @@ class CachedLatentExamples(torch.utils.data.Dataset):
             from .unknown_tokens import UnknownTokenInsertion
 
             self.insertion = UnknownTokenInsertion(unknown_tokens, self.input_ids, tokenizer)
+        self.rephrasing = None  # a GrammarRephrasing (training/phrasing_grammar.py), or None
+        if rephrase is not None and rephrase.share > 0:
+            from .phrasing_grammar import GrammarRephrasing
+
+            self.rephrasing = GrammarRephrasing(rephrase, rows, tokenizer)
         # only the target column: indexing the whole row would decode the input picture too
         self.targets = rows.select_columns(["edited_image"]) if target_pixels else None
         self.target_pixels = target_pixels
@@ -150,6 +155,8 @@ class CachedLatentExamples(torch.utils.data.Dataset):
         mirrored = int(self.flip and rng.random() < 0.5)
         example = {name: self.cache[name][index, mirrored] for name in ("image_latents", "target_mean", "target_std")}
         example["input_ids"] = self.input_ids[index]
+        if self.rephrasing is not None:  # first: the negatives below swap the category word in whatever it draws
+            example["input_ids"] = self.rephrasing.apply(example["input_ids"], index, rng)
         if self.target_pixels:
             size = (self.target_pixels, self.target_pixels)
             pixels = to_tensor(self.targets[index]["edited_image"].convert("RGB").resize(size, Image.Resampling.LANCZOS))

@@ -157,21 +157,26 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                                 model_config=text_encoder.config)
             ema_text.to(accelerator.device)
 
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.train_text_encoder else [])
-    params += list(recognition.parameters()) if recognition is not None else []
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    groups = [{"params": list(unet.parameters()) + (list(recognition.parameters()) if recognition is not None else [])}]
+    if cfg.train_text_encoder:
+        groups.append({"params": list(text_encoder.parameters()),
+                       "lr": cfg.text_encoder_learning_rate or cfg.learning_rate})
+    params = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     if cache is not None:
         from .latent_cache import CachedLatentExamples
+        from .phrasing_grammar import Rephrase
         from .unknown_tokens import UnknownTokens
 
         insertion = UnknownTokens(**cfg.unknown_tokens) if cfg.unknown_tokens else None
+        rephrase = Rephrase(**cfg.rephrase) if cfg.rephrase else None
         wants_pixels = (decoded is not None and decoded.active) or grounding is not None
         pixels = cfg.resolution if wants_pixels else None  # for the decoded and grounding terms
         examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels,
                                         negatives=negatives, scene_labels=scene_labels,
                                         answer_colors=decoded is not None and decoded.color_weight > 0,
-                                        unknown_tokens=insertion)
+                                        unknown_tokens=insertion, rephrase=rephrase)
     else:
         examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
                                        cfg.random_flip, cfg.seed)

@@ -75,7 +75,7 @@ _CONDITION_RULES = [re.compile(p, re.IGNORECASE) for p in (
     rf"do\s*n[o']t\s+)?)?(?:contains?|has|have|shows?|includes?|see|spot|find|notice|detect)\s+{_CAT}",
     rf"^(?:is|are)\s+there\s+{_CAT}",
     rf"^(?:can|could|do)\s+you\s+(?:see|spot|find|detect|notice)\s+{_CAT}",
-    rf"^(?:is|are)\s+(?P<cat>.+?)\s+(?:present|visible|there|shown|pictured|depicted|in\s+)",
+    r"^(?:is|are)\s+(?P<cat>.+?)\s+(?:present|visible|there|shown|pictured|depicted|in\s+)",
     r"^(?P<cat>.+?)\s+(?:is|are)\s+(?:n[o']t\s+|not\s+)?(?:present|visible|found|detected|there|shown|pictured|"
     r"depicted|in\s+|anywhere|absent|missing)",
     r"^(?P<cat>.+?)\s+(?:exists?|appears?|shows\s+up|can\s+be\s+(?:seen|found))\b",
@@ -91,7 +91,8 @@ _LEADING = re.compile(r"^(?:(?:the|a|an|any|some|all|every|each|no|at\s+least\s+
                       re.IGNORECASE)
 _TRAILING = re.compile(
     rf"\s+(?:(?:in|on|within|inside|anywhere\s+in|somewhere\s+in)\s+(?:(?:this|the|that|my|given|input)\s+)?{_PICTURE}s?"
-    r"\b|anywhere\b|somewhere\b|at\s+all\b|present\b|visible\b|in\s+it\b|in\s+there\b).*$", re.IGNORECASE)
+    r"\b|anywhere\b|somewhere\b|at\s+all\b|present\b|visible\b|in\s+it\b|in\s+there\b|"
+    r"(?:(?:shown|visible|seen|pictured|depicted)\s+)?here\b).*$", re.IGNORECASE)
 
 
 def _known_colour(name: str) -> str:

@@ -199,13 +199,14 @@ _ACTION_VERBS = (r"draw|put|place|add|box|mark|show|highlight|paint|colou?r|give
                  r"estimate|indicate|report|let|send|provide|write|print")
 _TRAILING = re.compile(
     r"\s+(?:"
-    rf"(?:in|on|from|within|inside|of|across)\s+(?:(?:this|the|that|my|given|attached|provided|input|following|"
+    rf"(?:in|on|from|within|inside|of|for|across)\s+(?:(?:this|the|that|my|given|attached|provided|input|following|"
     rf"uploaded|current|whole|entire)\s+)*{_PICTURE}s?\b|"  # about the picture
     r"using\b|via\b|with\s+(?:the\s+help\s+of|an?\s+(?:computer|algorithm|model))|by\s+\w+ing\b|through\b|"
     r"based\s+on\b|to\s+(?:gain|create|determine|calculate|improve|measure|make|see|know|show)\b|"  # the method
     r"so\s+that\b|so\s+(?:i|we)\b|because\b|if\s+you\b|if\s+(?:any|possible|present|visible|there|it|they|one)\b|"
     r"for\s+me\b|please\b|thanks?\b|thank\s+you\b|that\s+is\b|which\s+is\b|who\s+is\b|that's\b|wherever\b|"
     r"anywhere\b|somewhere\b|(?:that\s+)?you\s+(?:can\s+|could\s+)?(?:see|find|spot)\b|"  # asides
+    r"(?:(?:shown|visible|seen|pictured|depicted)\s+)?here\b|"  # "Where is the dog here?"
     rf"(?:and|then|,)\s+(?:then\s+|also\s+|please\s+)?(?:{_ACTION_VERBS})\b|"  # a second verb: "and box it"
     r"(?:with|in|inside|using)\s+(?:an?\s+|its\s+|their\s+)?(?:bounding\s+)?(?:box(?:es)?|rectangles?|masks?|"
     r"outlines?)\b|from\s+(?:the\s+)?(?:rest|background|surroundings|everything\s+else)\b|"
