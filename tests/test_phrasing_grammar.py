@@ -16,7 +16,7 @@ from icv_deploy.tasks.routing import route
 from icv_deploy.training.config import load_config
 from icv_deploy.training.latent_cache import CachedLatentExamples
 from icv_deploy.training.phrasing_grammar import GrammarRephrasing, PhrasingGrammar, Rephrase
-from icv_deploy.training.prompts import fill, load_pool
+from icv_deploy.training.prompts import UNSEEN_FILE, fill, load_pool
 from icv_deploy.training.synthetic import CATEGORIES
 from icv_deploy.training.train_data import tokenize
 
@@ -57,18 +57,12 @@ def test_every_drawn_instruction_routes_to_its_task_category_and_colours(grammar
 
 
 def test_it_holds_far_more_phrasings_than_the_pool_and_none_of_the_evaluation_only_ones(grammar):
-    pool, unseen = load_pool(), load_pool(_unseen_file())
+    pool, unseen = load_pool(), load_pool(UNSEEN_FILE)
     for task in pool:
         assert grammar.count(task) > 100 * len(pool[task])
         rng = np.random.default_rng(1)
         drawn = {grammar.draw(task, rng).lower().rstrip(".!?") for _ in range(600)}
         assert not drawn & {t.lower().rstrip(".!?") for t in unseen[task]}
-
-
-def _unseen_file():
-    from icv_deploy.training.prompts import UNSEEN_FILE
-
-    return UNSEEN_FILE
 
 
 def write_grammar(tmp_path, **frames):
@@ -82,7 +76,7 @@ def write_grammar(tmp_path, **frames):
 
 
 def test_a_frame_copying_an_evaluation_only_instruction_is_never_drawn(tmp_path):
-    unseen = load_pool(_unseen_file())["segmentation"][2]  # "Highlight the image parts corresponding to the ..."
+    unseen = load_pool(UNSEEN_FILE)["segmentation"][2]  # "Highlight the image parts corresponding to the ..."
     grammar = PhrasingGrammar(write_grammar(tmp_path, segmentation=[unseen, unseen.replace(".", "!"),
                                                                     "Produce a mask of the {category}."]))
     rng = np.random.default_rng(0)

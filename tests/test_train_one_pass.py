@@ -211,18 +211,18 @@ def test_classification_examples_carry_the_colours_the_router_reads():
     examples, zeros for the others; an instruction that names none gets the runtime's default, blue and black."""
     import datasets
 
-    from icv_deploy.training.latent_cache import classification_colors
+    from icv_deploy.training.latent_cache import classification_color_names, classification_colors
 
     rows = datasets.Dataset.from_dict({
         "edit_prompt": ["Show blue if the picture has a cat, otherwise show black", "Segment the cat",
                         "Colour it cyan if the image has a cone, otherwise colour it pink."],
         "task": ["classification", "segmentation", "classification"]})
-    colors = classification_colors(rows)
+    colors = classification_colors(classification_color_names(rows))
     expected = torch.tensor([[[-1.0, -1, 1], [-1, -1, -1]], [[0, 0, 0], [0, 0, 0]],
                              [[-1, 1, 1], [1, 192 / 127.5 - 1, 203 / 127.5 - 1]]])
     torch.testing.assert_close(colors, expected)
     unnamed = datasets.Dataset.from_dict({"edit_prompt": ["Is there a cat?"], "task": ["classification"]})
-    torch.testing.assert_close(classification_colors(unnamed), expected[:1])
+    torch.testing.assert_close(classification_colors(classification_color_names(unnamed)), expected[:1])
 
 
 def test_the_autoencoders_outline_term_leaves_blue_objects_away_from_outlines_alone():

@@ -21,8 +21,8 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
 `--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--stage 7 --install` runs stage 7
 (its three runs) alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step. How the
 shipped models were made: the demo's stages 1-5 on 2026-11-30, its stages 6 and 7 on 2026-12-02 (on a 2-core AMD
-EPYC, fp32; the phrasings run from the answers run as stored in fp16); demo-1step's stage 8 on 2026-11-30 from the stage-6 model of then (2,000 steps without the recognition
-terms), its stage 9 on 2026-12-01.
+EPYC, fp32; the phrasings run from the answers run as stored in fp16); demo-1step's stage 8 on 2026-11-30 from the
+stage-6 model of then (2,000 steps without the recognition terms), its stage 9 on 2026-12-01.
 Status: the shipped demo follows instructions for depth (held-out AbsRel 0.108) and roughly for segmentation (mIoU
 0.34) and classification (0.60, chance 0.57); detection is not learnt (the autoencoder loses the outlines;
 icv_deploy/assets/demo/MODEL_CARD.md). The shipped demo-1step (stage 8 44 min, stage 9 36 min more) reaches mIoU
@@ -205,8 +205,8 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
               help="Only stages 8 and 9, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
                    "missing).")
 @click.option("--stage", type=click.Choice(["7", "9"]), default=None,
-              help="Only this fine-tuning stage: 7 (masks, answers, then phrasings) from the bundled demo model, 9 from the "
-                   "bundled demo-1step.")
+              help="Only this fine-tuning stage: 7 (masks, answers, then phrasings) from the bundled demo model, 9 "
+                   "from the bundled demo-1step.")
 @click.option("--base", default=None, metavar="MODEL",
               help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "
                    "[default: the bundled one named above].")

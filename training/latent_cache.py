@@ -133,16 +133,20 @@ class CachedLatentExamples(torch.utils.data.Dataset):
             from .unknown_tokens import UnknownTokenInsertion
 
             self.insertion = UnknownTokenInsertion(unknown_tokens, self.input_ids, tokenizer)
+        rephrasing = rephrase is not None and rephrase.share > 0
+        wants_colors = bool(target_pixels and answer_colors)
+        # routed once for both the colour term and the rephrasing, which keeps each instruction's colours
+        color_names = classification_color_names(rows) if rephrasing or wants_colors else None
         self.rephrasing = None  # a GrammarRephrasing (training/phrasing_grammar.py), or None
-        if rephrase is not None and rephrase.share > 0:
+        if rephrasing:
             from .phrasing_grammar import GrammarRephrasing
 
-            self.rephrasing = GrammarRephrasing(rephrase, rows, tokenizer)
+            self.rephrasing = GrammarRephrasing(rephrase, rows, tokenizer, color_names)
         # only the target column: indexing the whole row would decode the input picture too
         self.targets = rows.select_columns(["edited_image"]) if target_pixels else None
         self.target_pixels = target_pixels
         self.task_ids = torch.tensor([TASKS.index(task) for task in rows["task"]]) if target_pixels else None
-        self.answer_colors = classification_colors(rows) if target_pixels and answer_colors else None
+        self.answer_colors = classification_colors(color_names) if wants_colors else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -173,18 +177,24 @@ class CachedLatentExamples(torch.utils.data.Dataset):
         return example
 
 
-def classification_colors(rows) -> torch.Tensor:
-    """(n, 2, 3) in [-1, 1]: each classification example's colour if present and colour if absent, as the runtime's
-    router reads them from its instruction (icv_deploy.tasks.routing: blue and black where it names none); zeros for
-    the other tasks."""
-    from icv_deploy.tasks.encodings import COLORS
+def classification_color_names(rows) -> list[tuple[str, str] | None]:
+    """Each classification example's colour if present and colour if absent, as the runtime's router reads them from
+    its instruction (icv_deploy.tasks.routing: blue and black where it names none); None for the other tasks."""
     from icv_deploy.tasks.routing import route
 
-    colors = torch.zeros(len(rows), 2, 3)
-    for i, (prompt, task) in enumerate(zip(rows["edit_prompt"], rows["task"])):
-        if task != "classification":
-            continue
-        named = route(prompt, task="classification")
-        for j, name in enumerate((named.color_if_present, named.color_if_absent)):
+    names = []
+    for prompt, task in zip(rows["edit_prompt"], rows["task"]):
+        named = route(prompt, task="classification") if task == "classification" else None
+        names.append((named.color_if_present, named.color_if_absent) if named else None)
+    return names
+
+
+def classification_colors(names: list[tuple[str, str] | None]) -> torch.Tensor:
+    """(n, 2, 3) in [-1, 1]: the colours of classification_color_names as RGB; zeros for the other tasks."""
+    from icv_deploy.tasks.encodings import COLORS
+
+    colors = torch.zeros(len(names), 2, 3)
+    for i, pair in enumerate(names):
+        for j, name in enumerate(pair or ()):
             colors[i, j] = torch.tensor(COLORS[name], dtype=torch.float32) / 127.5 - 1
     return colors

@@ -116,12 +116,12 @@ class PhrasingGrammar:
 
 class GrammarRephrasing:
     """Re-draws examples' instructions from the grammar (see the module's docstring). `rows` must hold the columns
-    edit_prompt, task and category; the classification colours are read from the instruction by the runtime's
-    router, as the decoded colour term reads them."""
+    edit_prompt, task and category; the classification colours are those the runtime's router reads from each
+    instruction (`color_names`: training/latent_cache.py's classification_color_names, computed if not given), as
+    the decoded colour term reads them."""
 
-    def __init__(self, settings: Rephrase, rows, tokenizer):
-        from icv_deploy.tasks.routing import route
-
+    def __init__(self, settings: Rephrase, rows, tokenizer, color_names=None):
+        from .latent_cache import classification_color_names
         from .train_data import tokenize
 
         missing = {"edit_prompt", "task", "category"} - set(getattr(rows, "column_names", rows))
@@ -129,13 +129,10 @@ class GrammarRephrasing:
             raise IcvError(f"rephrase needs the data's columns {sorted(missing)} (an icv-data build of synth scenes)")
         self.settings, self.tokenizer, self.tokenize = settings, tokenizer, tokenize
         self.grammar = PhrasingGrammar(settings.grammar)
-        self.examples = []  # per row: (task, category, colour if present, colour if absent)
-        for prompt, task, category in zip(rows["edit_prompt"], rows["task"], rows["category"]):
-            colors = (None, None)
-            if task == "classification":
-                named = route(prompt, task="classification")
-                colors = (named.color_if_present, named.color_if_absent)
-            self.examples.append((task, category, *colors))
+        names = color_names if color_names is not None else classification_color_names(rows)
+        # per row: (task, category, colour if present, colour if absent)
+        self.examples = [(task, category, *(pair or (None, None)))
+                         for task, category, pair in zip(rows["task"], rows["category"], names)]
 
     def apply(self, input_ids: torch.Tensor, index: int, rng: np.random.Generator) -> torch.Tensor:
         """The instruction's tokens, or with probability `share` those of one drawn from the grammar."""
