@@ -38,6 +38,7 @@ from bench_report import machine_description, save_report  # noqa: E402
 
 from icv_deploy.cli_common import debug_option, one_line_errors  # noqa: E402
 from icv_deploy.errors import IcvError  # noqa: E402
+from icv_deploy.training.prompts import PROMPT_MODES  # noqa: E402
 
 TASKS = ("segmentation", "classification", "detection")
 
@@ -190,7 +191,7 @@ class Scenes:
               help="Held-out synthetic scenes (ROOT from `icv-data synth --seed 1`).")
 @click.option("--tasks", default=",".join(TASKS), show_default=True, help="Comma-separated tasks.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most N queries per task.")
-@click.option("--prompts", type=click.Choice(["fixed", "rephrased", "unseen"]), default="rephrased",
+@click.option("--prompts", type=click.Choice(PROMPT_MODES), default="rephrased",
               show_default=True, help="Instructions, as icv-eval's --prompts.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Sampling steps [default: the model's].")
 @click.option("--sampler", default=None, help="Sampler [default: the model's].")

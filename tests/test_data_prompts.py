@@ -13,7 +13,7 @@ from icv_deploy.tasks.encodings import COLORS, TASKS
 from icv_deploy.training.cli import main as icv_data
 from icv_deploy.training.datasets.ade20k import CLASS_NAMES as ADE_CLASSES
 from icv_deploy.training.paraphrase import MARKERS, extend_pool, load_t5_generator, to_template
-from icv_deploy.training.prompts import TEMPLATES, choose_prompt, fill, load_pool
+from icv_deploy.training.prompts import POOL_FILES, TEMPLATES, choose_prompt, fill, load_pool
 from icv_deploy.training.synthetic import CATEGORIES as SYNTH_CATEGORIES
 
 # Categories the adapters produce: synth, Pets breeds (both spellings), COCO names, ADE20K names.
@@ -31,10 +31,13 @@ def test_pool_is_shipped_and_large_enough():
     assert "project" in json.loads((load_pool.__globals__["POOL_FILE"]).read_text())["_about"]
 
 
-def test_every_template_and_pool_entry_routes_to_its_task_category_and_colours():
+@pytest.mark.parametrize("mode", POOL_FILES)
+def test_every_template_and_pool_entry_routes_to_its_task_category_and_colours(mode):
+    """The training pool and the evaluation-only ones (unseen.json, blind.json): icv-eval decodes an answer by the
+    route of its instruction, so an evaluation instruction the router misreads would score the model wrongly."""
     from icv_deploy.tasks.routing import route
 
-    pool = load_pool()
+    pool = load_pool(POOL_FILES[mode])
     failures = []
     for task in TASKS:
         for template in dict.fromkeys([TEMPLATES[task], *pool[task]]):
@@ -60,8 +63,13 @@ def test_choose_prompt_fixed_and_rephrased():
     assert c1 in COLORS and c2 in COLORS and COLORS[c1] != COLORS[c2]
     seen = {choose_prompt("detection", "dog", rng, "rephrased")[0] for _ in range(200)}
     assert len(seen) > 10 and all("dog" in s for s in seen)
+    pool = {s.format(category="dog") for s in load_pool()["detection"]}
+    for mode in ("unseen", "blind"):  # evaluation only: never a training pool sentence
+        drawn = {choose_prompt("detection", "dog", rng, mode)[0] for _ in range(100)}
+        assert drawn == {s.format(category="dog") for s in load_pool(POOL_FILES[mode])["detection"]}
+        assert not drawn & pool
     assert fill("Is there a {category}?", "apple") == "Is there an apple?"
-    with pytest.raises(IcvError, match="fixed, rephrased or unseen"):
+    with pytest.raises(IcvError, match="fixed, rephrased, unseen, blind"):
         choose_prompt("depth", None, rng, "creative")
 
 

@@ -16,7 +16,7 @@ from icv_deploy.tasks.routing import route
 from icv_deploy.training.config import load_config
 from icv_deploy.training.latent_cache import CachedLatentExamples
 from icv_deploy.training.phrasing_grammar import GrammarRephrasing, PhrasingGrammar, Rephrase
-from icv_deploy.training.prompts import UNSEEN_FILE, fill, load_pool
+from icv_deploy.training.prompts import BLIND_FILE, UNSEEN_FILE, fill, load_pool
 from icv_deploy.training.synthetic import CATEGORIES
 from icv_deploy.training.train_data import tokenize
 
@@ -57,12 +57,14 @@ def test_every_drawn_instruction_routes_to_its_task_category_and_colours(grammar
 
 
 def test_it_holds_far_more_phrasings_than_the_pool_and_none_of_the_evaluation_only_ones(grammar):
-    pool, unseen = load_pool(), load_pool(UNSEEN_FILE)
+    pool, unseen, blind = load_pool(), load_pool(UNSEEN_FILE), load_pool(BLIND_FILE)
     for task in pool:
         assert grammar.count(task) > 100 * len(pool[task])
         rng = np.random.default_rng(1)
         drawn = {grammar.draw(task, rng).lower().rstrip(".!?") for _ in range(600)}
-        assert not drawn & {t.lower().rstrip(".!?") for t in unseen[task]}
+        assert not drawn & {t.lower().rstrip(".!?") for t in unseen[task] + blind[task]}
+    # blind.json's "mask the {category}" is also a sentence of the grammar: it is never drawn
+    assert grammar.too_close_to_unseen("segmentation", "Mask the {category}.")
 
 
 def write_grammar(tmp_path, **frames):
@@ -82,7 +84,7 @@ def test_a_frame_copying_an_evaluation_only_instruction_is_never_drawn(tmp_path)
     rng = np.random.default_rng(0)
     assert {grammar.draw("segmentation", rng) for _ in range(200)} == {"Produce a mask of the {category}."}
     only_copies = PhrasingGrammar(write_grammar(tmp_path, segmentation=[unseen]))
-    with pytest.raises(IcvError, match="too close to unseen.json's for segmentation"):
+    with pytest.raises(IcvError, match="too close to evaluation-only ones for segmentation"):
         only_copies.draw("segmentation", rng)
 
 

@@ -86,6 +86,41 @@ OWN = [
     ("Give me the segmentation of the dog for this image.", "segmentation", "dog"),
     ("Return the bounding box of the Sather Tower for the photo!", "detection", "Sather Tower"),
     ("Segment the Hereford cow", "segmentation", "Hereford cow"),
+    # user phrasings written blind, 2026-12-02 (training/prompts/blind.json), and variants of their rules
+    # a possessive pronoun's part ("its shape") names nothing: the next candidate is taken
+    ("Trace the exact outline of the cube and fill in its shape.", "segmentation", "cube"),
+    ("Trace the dog and colour in its whole outline.", "segmentation", "dog"),
+    ("Outline the traffic light, then shade in its silhouette.", "segmentation", "traffic light"),
+    # "the area X takes up / occupies / covers" -> X; "pixel by pixel" is an aside
+    ("Hey, can you highlight the area the cube takes up, pixel by pixel?", "segmentation", "cube"),
+    ("Highlight the pixels that the grass occupies.", "segmentation", "grass"),
+    ("Mask the space the traffic light takes up pixel by pixel", "segmentation", "traffic light"),
+    ("Segment the region the river covers.", "segmentation", "river"),
+    ("Segment the parts that cover the car", "segmentation", "parts that cover the car"),  # no subject + verb
+    # trailing manner adverbs are how, not what
+    ("Colour over the cube precisely so that only its surface is marked, not the floor or the wall.",
+     "segmentation", "cube"),
+    ("Paint over the ball carefully.", "segmentation", "ball"),
+    ("Segment the dog as accurately as possible.", "segmentation", "dog"),
+    ("Segment the fully grown trees", "segmentation", "fully grown trees"),  # not at the end: kept
+    # a generic head noun after a category word ("cube objects") is dropped, after an adjective kept
+    ("Could you locate all the cube objects and frame each one with a tight rectangle?", "detection", "cube"),
+    ("I'd like you to detect the cube instances here and show their bounding boxes.", "detection", "cube"),
+    ("Find all the traffic light instances", "detection", "traffic light"),
+    ("Locate the building items in this image", "detection", "building"),
+    ("Detect the small objects", "detection", "small objects"),
+    ("Detect the red ones", "detection", "red ones"),
+    # "box in", "box up", "frame" at a clause start are detection verbs; "frame" the noun is not
+    ("Box in every single cube, one rectangle per object.", "detection", "cube"),
+    ("Box up the traffic lights", "detection", "traffic lights"),
+    ("Please frame each dog.", "detection", "dog"),
+    ("Segment the picture frame", "segmentation", "picture frame"),
+    ("Frame 12: segment the ball", "segmentation", "ball"),
+    # a verb any task could mean, done with boxes, is detection; "track" the noun is no verb
+    ("Mark the position of the dirt track with boxes.", "detection", "dirt track"),
+    ("Outline each car with a rectangle", "detection", "car"),
+    ("Highlight the shelf with boxes", "segmentation", "shelf"),  # a segmentation verb is stronger
+    ("Track down the traffic light", "detection", "traffic light"),
 ]
 
 CLASSIFICATION = [
@@ -106,6 +141,29 @@ CLASSIFICATION = [
     ("Show the colour blue if the photo shows a lion; otherwise show the colour white", "lion", "blue", "white"),
     ("Is there a dog here? If there is, red, else, green", "dog", "red", "green"),
     ("Red if there is a horse shown here, green if not.", "horse", "red", "green"),
+    # user phrasings written blind, 2026-12-02 (training/prompts/blind.json), and variants of their shapes
+    # "C1 means X is present, C2 means it is absent"
+    ("Answer with a colour: red means a cube is present, green means it is absent.", "cube", "red", "green"),
+    ("Blue means there is a traffic light, black means there isn't.", "traffic light", "blue", "black"),
+    ("White means you can see a dog, black otherwise.", "dog", "white", "black"),
+    ("Green means there is no ball, red means there is one.", "ball", "red", "green"),
+    ("Is there a ball? Red means yes, green means no.", "ball", "red", "green"),
+    # "if it does", "if so", "if there is", "if found" point back to an earlier question or condition
+    ("Could you tell me if this scene contains a cube? Paint everything red if it does and green if it doesn't.",
+     "cube", "red", "green"),
+    ("Check whether there is a dog and paint the image red if there is, green if there isn't.", "dog", "red",
+     "green"),
+    ("Does the photo show a traffic light? Paint it green if it doesn't, red if it does.", "traffic light", "red",
+     "green"),
+    ("Is there a ball? Paint red if so, green if not.", "ball", "red", "green"),
+    ("Is there a dog? Green if not, red if so.", "dog", "red", "green"),
+    ("Look for a ball. If found, paint it red; if not, paint it green.", "ball", "red", "green"),
+    # "Found one: C1. None there: C2", the condition in an earlier "look for / check for / is there"
+    ("Look for a cube. Found one: paint red. None there: paint green.", "cube", "red", "green"),
+    ("Search the image for a traffic light. Found one: white. None found: black.", "traffic light", "white",
+     "black"),
+    ("Check for a dog. Yes: red. No: green.", "dog", "red", "green"),
+    ("Is there a cat? Present: white. Absent: black.", "cat", "white", "black"),
 ]
 
 
@@ -159,6 +217,30 @@ def test_unknown_colour_is_named():
 def test_segmentation_without_object_is_an_error():
     with pytest.raises(InstructionError, match="does not say what"):
         route("Segment this image")
+
+
+# The blind phrasings above, with other categories: the rules are about the phrasing, not the word "cube".
+BLIND = [(t.replace("cube", "{category}"), task) for t, task, cat in OWN if cat == "cube"] + [
+    (t.replace("cube", "{category}"), "classification") for t, cat, *_ in CLASSIFICATION if cat == "cube"]
+
+
+@pytest.mark.parametrize("template,task", BLIND)
+@pytest.mark.parametrize("category", ["ball", "traffic light", "dog", "Egyptian Mau"])
+def test_blind_phrasings_route_with_any_category(template, task, category):
+    found = route(template.format(category=category))
+    assert (found.task, found.category) == (task, category)
+    if task == "classification":
+        assert (found.color_if_present, found.color_if_absent) == ("red", "green")
+
+
+@pytest.mark.parametrize("instruction", [
+    "Segment the objects", "Detect the instances", "Find the things",  # a generic noun alone names nothing
+    "Fill in its shape.", "Highlight its outline",  # a pronoun's part points back to nothing
+    "Paint everything red if it does and green if it doesn't.", "Red if so, green if not.",  # nothing named before
+])
+def test_no_category_named_is_an_error(instruction):
+    with pytest.raises(InstructionError, match="does not say what"):
+        route(instruction)
 
 
 def test_or_in_condition_is_not_an_else():

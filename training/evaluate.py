@@ -46,6 +46,7 @@ from icv_deploy.tasks.visualize import TILE_HEIGHT, labelled_grid
 
 from .datasets import Example
 from .eval_queries import Query, batches, collect_queries
+from .prompts import PROMPT_MODES
 
 # Settings that change the predictions: a resumed run must use the same ones.
 SETTING_KEYS = ("model", "engine", "sampler", "steps", "seed", "resolution", "prompts", "vae")
@@ -338,9 +339,10 @@ def _task_list(ctx, param, value):
 @click.option("--seed", default=0, show_default=True, help="Sampling seed (the same for every query) and prompt colours.")
 @click.option("--resolution", type=click.IntRange(16), default=None, help="Working resolution (default: the model's, 256).")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Queries of the same image and task run together.")
-@click.option("--prompts", type=click.Choice(["fixed", "rephrased", "unseen"]), default="fixed", show_default=True,
+@click.option("--prompts", type=click.Choice(PROMPT_MODES), default="fixed", show_default=True,
               help="fixed templates, paraphrases from the training pool (the paper's Table 1 used rephrased), or "
-                   "unseen: instructions never used in training (training/prompts/unseen.json).")
+                   "unseen / blind: instructions never used in training (training/prompts/unseen.json; blind.json, "
+                   "written by someone who never saw the training pool or the phrasing grammar).")
 @click.option("--examples", type=click.IntRange(0), default=4, show_default=True, help="Example pictures saved per task.")
 @click.option("--vae", type=click.Choice(["full", "tiny"]), default=None,
               help="Autoencoder: full (the model's SD VAE) or tiny (TAESD from <model>/vae_tiny, or an ONNX folder exported "

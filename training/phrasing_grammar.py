@@ -10,7 +10,8 @@ half a million to tens of millions of instructions per task from 15-18 frames an
 Its vocabulary is the one the runtime's router understands (icv_deploy/tasks/routing.py), and every instruction it
 draws routes to its own task, category and colours (tests/test_phrasing_grammar.py), so the model is never taught a
 request the runtime would read differently. Instructions close to an evaluation-only one (unseen.json) are never
-drawn (`too_close_to_unseen`), so `icv-eval --prompts unseen` still measures phrasings the model never saw.
+drawn (`too_close_to_unseen`, unseen.json and blind.json), so `icv-eval --prompts unseen|blind` still measures
+phrasings the model never saw.
 
 With `rephrase: {share: p}` in an icv-train config, each example's instruction is replaced, with probability p (drawn
 per epoch and example), by one drawn from the grammar for its task, with its category and classification colours kept
@@ -30,7 +31,7 @@ import torch
 
 from icv_deploy.errors import IcvError
 
-from .prompts import PLACEHOLDERS, POOL_FILES, fill, load_pool
+from .prompts import EVALUATION_ONLY, PLACEHOLDERS, POOL_FILES, fill, load_pool
 
 GRAMMAR_FILE = Path(__file__).with_name("prompts") / "grammar.json"
 # Word-sequence similarity (difflib's ratio, placeholders as words) above which a drawn instruction counts as a
@@ -72,7 +73,10 @@ class PhrasingGrammar:
                 raise IcvError(f"phrasing grammar {path} has no {task} frames")
             for frame in frames:
                 self._check(frame, path, task, depth=0)
-        self.unseen = {task: [_words(t) for t in templates] for task, templates in load_pool(POOL_FILES["unseen"]).items()}
+        self.unseen = {task: [] for task in PLACEHOLDERS}  # every evaluation-only instruction, as words
+        for mode in EVALUATION_ONLY:
+            for task, templates in load_pool(POOL_FILES[mode]).items():
+                self.unseen[task] += [_words(t) for t in templates]
 
     def _check(self, text: str, path: Path, task: str, depth: int) -> None:
         if depth > 8:
@@ -97,7 +101,7 @@ class PhrasingGrammar:
             text = text[0].upper() + text[1:]
             if not self.too_close_to_unseen(task, text):
                 return text
-        raise IcvError(f"the phrasing grammar draws only instructions too close to unseen.json's for {task}")
+        raise IcvError(f"the phrasing grammar draws only instructions too close to evaluation-only ones for {task}")
 
     def too_close_to_unseen(self, task: str, template: str) -> bool:
         words = _words(template)

@@ -18,9 +18,14 @@ from icv_deploy.errors import IcvError
 from icv_deploy.tasks.encodings import COLORS, TASKS
 
 POOL_FILE = Path(__file__).with_name("prompts") / "paraphrases.json"
-# Instructions never used in training (the paper's Table 3 unseen prompts and the like): evaluation only.
+# Instructions never used in training, for evaluation only: the paper's Table 3 unseen prompts and the like
+# (unseen.json), and instructions written blind by someone who never saw the training pool or the phrasing
+# grammar (blind.json, 2026-12-02; unseen.json had been read while the grammar was written).
 UNSEEN_FILE = Path(__file__).with_name("prompts") / "unseen.json"
-POOL_FILES = {"rephrased": POOL_FILE, "unseen": UNSEEN_FILE}
+BLIND_FILE = Path(__file__).with_name("prompts") / "blind.json"
+POOL_FILES = {"rephrased": POOL_FILE, "unseen": UNSEEN_FILE, "blind": BLIND_FILE}
+EVALUATION_ONLY = ("unseen", "blind")
+PROMPT_MODES = ("fixed", *POOL_FILES)
 
 TEMPLATES = {
     "segmentation": "Segment the {category}.",
@@ -113,7 +118,7 @@ def choose_prompt(task: str, category: str | None, rng: np.random.Generator, mod
     """(instruction, color1, color2) for one example; the colours are None except for classification.
 
     mode "fixed": the task's template; "rephrased": a template drawn from the pool (loaded if not given);
-    "unseen": one drawn from the evaluation-only pool of instructions never used in training.
+    "unseen" / "blind": one drawn from an evaluation-only pool of instructions never used in training.
     """
     if mode == "fixed":
         template = TEMPLATES[task]
@@ -121,7 +126,7 @@ def choose_prompt(task: str, category: str | None, rng: np.random.Generator, mod
         templates = (pool or load_pool(POOL_FILES[mode]))[task]
         template = templates[int(rng.integers(len(templates)))]
     else:
-        raise IcvError(f"prompt mode must be fixed, rephrased or unseen, not {mode!r}")
+        raise IcvError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, not {mode!r}")
     color1 = color2 = None
     if task == "classification":
         color1, color2 = choose_colors(rng)

@@ -3,10 +3,13 @@
 "Show blue if the picture has a cat, otherwise show black" is the paper's template; people also write
 "Paint it yellow if there is a toaster, and purple if not", "If there's a giraffe, show brown; else grey",
 "Is there a dog? If yes, red; if no, green", "Answer with blue for yes and black for no: is there a cat?",
-"Show black unless there is a cat, in which case show white" and "Show green if there is no dog, otherwise
-red" (a negated condition swaps the colours). `parse_classification` finds the two colours (the first is
-painted when the category is present) and the category the condition names; colour words inside the
-condition ("if there is a red car") belong to the category.
+"Show black unless there is a cat, in which case show white", "Show green if there is no dog, otherwise
+red" (a negated condition swaps the colours), "Red means a dog is present, green means it is absent" and
+"Look for a dog. Found one: red. None there: green." `parse_classification` finds the two colours (the first
+is painted when the category is present) and the category the condition names; colour words inside the
+condition ("if there is a red car") belong to the category. A condition that points back ("Does the image
+show a dog? Paint it red if it does, green if it doesn't"; "if so", "if there is one", "if found") takes the
+category from the earlier question or condition that names it.
 """
 
 from __future__ import annotations
@@ -43,12 +46,20 @@ def _slot(name: str) -> str:
 
 _C1, _C2 = _slot("c1"), _slot("c2")
 _SEP = r"\s*[,;.:]?\s*(?:and\s+|but\s+|or\s+)?"
-# After "C1 if COND": ", otherwise (show) C2" | ", and C2 if not" | "; show C2 if there is no cat".
-# (Python's re wants distinct group names: the three places of the second colour are c2, c2b and c2c.)
+# After "C1 if COND": ", otherwise (show) C2" | ", and C2 if not" | "; show C2 if there is no cat" | ", C2 if it
+# does" (after a negated COND: "green if it doesn't, red if it does"). (Python's re wants distinct group names:
+# the four places of the second colour are c2, c2b, c2c and c2d.)
 _THEN_ELSE = (rf"(?:{_SEP}{_ELSE}\b[\s,:]*(?:{_SHOW}\s+)?{_C2}|{_SEP}(?:{_SHOW}\s+)?{_slot('c2b')}\s+{_ELSE}"
-              rf"|{_SEP}(?:{_SHOW}\s+)?{_slot('c2c')}\s+{_IF}\s+[^,;.]*?{_NO})")
+              rf"|{_SEP}(?:{_SHOW}\s+)?{_slot('c2c')}\s+{_IF}\s+[^,;.]*?{_NO}"
+              rf"|{_SEP}(?:{_SHOW}\s+)?{_slot('c2d')}\s+{_IF}\s+(?:so|yes|it\s+(?:does|is|has)|"
+              rf"there\s+is(?:\s+one)?)\b)")
 _YES = r"(?:yes|present|true|there|found)"
 _NO_WORD = r"(?:no|absent|false|not\s+there|not\s+found)"
+_MEANS = r"(?:means?|=|->|indicates?|signals?|stands?\s+for)"
+# Answer labels before a colon: "Found one: paint red. None there: paint green."
+_YES_LABEL = r"(?:yes|present|(?:if\s+)?found(?:\s+(?:one|it|some|any))?|(?:it's|it\s+is)\s+there|seen|visible)"
+_NO_LABEL = (r"(?:no|absent|missing|none(?:\s+(?:there|found|seen|at\s+all))?|nothing(?:\s+(?:there|found))?|"
+             r"(?:if\s+)?not\s+(?:found|there|present|seen|visible))")
 _PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
     # Is there a dog? If yes, show red, otherwise show green.
     rf"(?P<cond>[^?]+)\?\s*(?:if\s+(?:yes|so|it\s+does|there\s+is|true)|yes\s*[:=-]?|for\s+yes)[\s,:]*"
@@ -56,6 +67,11 @@ _PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
     # (Answer) red for yes and green for no (: is there a dog / , does the image contain a dog).
     rf"(?:{_SHOW}\s+)?{_C1}\s+(?:for|if|means|=|->)\s+{_YES}\b[\s,;]*(?:and\s+|or\s+)?(?:{_SHOW}\s+)?{_C2}\s+"
     rf"(?:for|if|means|=|->)\s+{_NO_WORD}\b",
+    # Red means a dog is present, green means it is absent (| otherwise green).
+    rf"{_C1}\s+{_MEANS}\s+(?:that\s+)?(?P<cond>[^,;.]+?)(?:{_THEN_ELSE}|{_SEP}{_slot('c2m')}\s+{_MEANS}\s+"
+    rf"[^,;.]*?(?:{_NO}|\b(?:one|it|they)\b))",
+    # Look for a dog. Found one: paint red. None there: paint green. (The condition is elsewhere.)
+    rf"\b{_YES_LABEL}\s*(?:[:=]|->)\s*(?:{_SHOW}\s+)?{_C1}{_SEP}\b{_NO_LABEL}\s*(?:[:=]|->)\s*(?:{_SHOW}\s+)?{_C2}",
     # Show black unless there is a cat, in which case show white.
     rf"(?:{_SHOW}\s+)?{_C2}\s+unless\s+(?P<cond>.+?)\s*[,;.]?\s*(?:in\s+which\s+case|then|if\s+so)[\s,]*"
     rf"(?:{_SHOW}\s+)?{_C1}",
@@ -84,9 +100,19 @@ _NEGATED = re.compile(
     rf"^(?:there\s*(?:'s|\s+is|\s+are)\s+(?:no|not|n't)\b|there\s+(?:is|are)n't\b|(?:the\s+)?{_PICTURE}\s+"
     rf"(?:does\s*n[o']t|does\s+not|has\s+no|contains\s+no)\b|(?:you|we|i)\s+(?:can(?:no|')t|cannot|do\s*n[o']t)\b|"
     rf"no\s+|.*\b(?:is|are)\s*(?:n't|\s+not|\s+absent|\s+missing)\b)", re.IGNORECASE)
-# "Tell me whether there is a dog", "Check for a dog": the asking words before the condition.
-_ASKING = re.compile(r"^(?:(?:tell\s+me|answer|say|check|see|determine|decide|find\s+out)\s+)?(?:if|whether|for)\s+",
-                     re.IGNORECASE)
+# "Tell me whether there is a dog", "Check for a dog", "Look for a dog": the asking words before the condition.
+_ASKING = re.compile(rf"^(?:(?:can|could|would)\s+you\s+(?:please\s+)?)?(?:(?:tell\s+me|answer|say|check|see|determine|"
+                     rf"decide|find\s+out|look|search|scan|hunt)(?:\s+(?:the\s+|this\s+)?{_PICTURE})?\s+)?"
+                     rf"(?:if|whether|for)\s+", re.IGNORECASE)
+# "... if it does", "if so", "if there is one", "if found": the condition points back to an earlier one.
+_BACK_REFERENCE = re.compile(
+    r"^(?:so|yes|true|found|present|not|no|(?:it|they|one)\s+(?:does|do|is|are|has|have|exists?)(?:\s*n't|\s+not)?|"
+    r"there\s+(?:is|are)(?:\s*n't|\s+not|\s+no)?(?:\s+(?:one|some|any))?|(?:you\s+)?(?:can\s+)?(?:find|see|spot)"
+    r"\s+(?:one|it|any|some))$", re.IGNORECASE)
+_NO_BACK = re.compile(r"n't\b|\b(?:not|no)\b", re.IGNORECASE)
+# What comes between the earlier condition and the colours: "... a dog? Paint (everything red)", "... and paint".
+_DANGLING = re.compile(rf"(?:^|(?<=[.?!;:,])|\s+(?:and|then|so)\b)\s*(?:(?:and|then|please|just)\s+)*"
+                       rf"(?:{_SHOW})?[\s,;]*$", re.IGNORECASE)
 _LEADING = re.compile(r"^(?:(?:the|a|an|any|some|all|every|each|no|at\s+least\s+one|one\s+or\s+more)\s+)+",
                       re.IGNORECASE)
 _TRAILING = re.compile(
@@ -120,6 +146,17 @@ def _condition_elsewhere(text: str, match: re.Match) -> str:
     return rest
 
 
+def _named_earlier(before: str) -> str | None:
+    """The condition an "if it does" points back to: the last earlier sentence that asks or states one."""
+    before = _DANGLING.sub("", before)
+    for sentence in reversed(re.split(r"(?<=[.?!;:])\s+", before)):
+        condition = sentence.strip(" ,;:.?!")
+        asked = _ASKING.sub("", condition)
+        if asked != condition or any(rule.search(condition) for rule in _CONDITION_RULES):
+            return asked
+    return None
+
+
 def parse_classification(text: str) -> tuple[str | None, str, str] | None:
     """(category, colour if present, colour if absent), or None when the text has no classification shape.
     Raises InstructionError for an unknown colour or two names of the same colour."""
@@ -134,7 +171,14 @@ def parse_classification(text: str) -> tuple[str | None, str, str] | None:
                                    f"(got {present!r} and {absent!r})")
         condition = match.groupdict().get("cond") or _condition_elsewhere(text, match)
         condition = _ASKING.sub("", condition.strip())
-        if _NEGATED.search(condition):
+        negated = bool(_NEGATED.search(condition))
+        if _BACK_REFERENCE.match(condition.strip(" ,;:.?!")):  # "Does it have a dog? Red if it does, else green"
+            negated = bool(_NO_BACK.search(condition))  # "green if it doesn't"
+            condition = _named_earlier(text[:match.start()])
+            if condition is None:
+                return None, present, absent
+            negated ^= bool(_NEGATED.search(condition))  # "Is there no dog? Red if so"
+        if negated:
             present, absent = absent, present  # "show green if there is no dog, otherwise red"
         return _category(condition), present, absent
     return None

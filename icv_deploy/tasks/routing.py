@@ -13,16 +13,17 @@ an instruction in four steps:
    detect, bounding box, locate, depth, how far) beat segmentation verbs (highlight, paint, the pixels of),
    which beat weak verbs (find, where, spot, closest), which beat words any task could mean (show, mark,
    outline, "is there"). Within a tier the earliest trigger wins. The category is the first phrase after a
-   trigger of the chosen task (or, failing that, of any task) that is a real category (`_clean_category`,
-   `_is_category`): never a pronoun, never leftover words ("if", "otherwise", the task's own trigger).
+   trigger of the chosen task (or, failing that, of any task) that is a real category (`category_phrases.py`):
+   never a pronoun or a pronoun's part ("its shape"), never leftover words ("if", "otherwise", the trigger).
 4. Nothing but words any task could mean, or a bare noun phrase ("the red balls")? The task stays open
    (`task=None`, `decided_by=None`): the pipeline reads it from what the model paints (`painted.py`).
 
 Categories keep the user's words and case ("Detect Berkeley's Sather Tower" -> "Berkeley's Sather Tower"),
 attributes and plurals included ("all traffic lights" -> "traffic lights", "the small green cube" -> "small
-green cube"); leading articles, quantifiers and trailing phrases about the picture or the method ("in this
-image", "using a computer vision algorithm", "and draw a box around it") are dropped. Depth has no category
-unless a place or object is named ("How far is the wall?" -> "wall").
+green cube"); leading articles, quantifiers, trailing phrases about the picture or the method ("in this
+image", "using a computer vision algorithm", "and draw a box around it"), manner adverbs ("precisely") and
+generic head nouns ("the cube objects") are dropped. Depth has no category unless a place or object is
+named ("How far is the wall?" -> "wall").
 
 A segmentation or detection instruction with no category, or text that fits no task and is no noun phrase,
 is an `InstructionError`, never a guess.
@@ -34,7 +35,9 @@ import re
 from dataclasses import dataclass, replace
 
 from ..errors import InstructionError
-from .classification_phrases import COLOUR_WORDS, parse_classification
+from .category_phrases import PICTURE as _PICTURE
+from .category_phrases import clean_category as _clean_category, is_category as _is_category
+from .classification_phrases import parse_classification
 from .encodings import TASKS
 from .language import foreign_language
 
@@ -82,7 +85,6 @@ class Route:
 
 
 # --- trigger words per task -------------------------------------------------------------------------------
-_PICTURE = r"(?:image|picture|photo|photograph|pic|snapshot|scene|frame|shot|view|input|img)"
 # Verbs that are also nouns or other words ("colour", "mark", "box") only trigger at the start of a clause.
 _CLAUSE = "(?:^|" + "|".join(rf"(?<={w} )" for w in (
     r"[.;:!?,]", r"\band", r"\bthen", r"\byou", r"\bto", r"\bme", r"\bus", r"\bjust", r"\balso", r"\bplease")) + ")"
@@ -97,8 +99,9 @@ _POSITION_VERBS = (r"hiding|parked|sitting|standing|lying|located|placed|kept|ha
 _REGION = r"(?P<kw>pixels?|regions?|areas?|parts?|portions?)"
 _REGION_OF = (r"(?:belong(?:s|ing)?\s+to|contain(?:s|ing)?|correspond(?:s|ing)?\s+to|covered\s+by|occupied\s+by|"
               r"showing|show|of|with|depicting|(?:are|is)\s+part\s+of|make\s+up|form|cover)")
+# "track" and "circle" are also nouns ("the dirt track"): verbs at a clause start only.
 _WEAK_DETECT = (r"(?P<kw>(?:find|spot|pinpoint|identify|discern|recogni[sz]e|notice|observe|ascertain|determine|"
-                r"confirm|acknowledge|discover|track|seek|circle)(?:s|ing|ting)?(?:\s+(?:down|out))?|"
+                rf"confirm|acknowledge|discover|seek|{_CLAUSE}(?:track|circle))(?:s|ing|ting)?(?:\s+(?:down|out))?|"
                 r"(?:look|search|hunt)(?:s|ing)?\s+for|point(?:s|ing)?\s+out)")
 _ANY_VERB = (r"(?P<kw>show(?:\s+me)?|display|mark|outline|label|indicate|pick\s+out|point\s+(?:to|at)|reveal|trace|"
              r"tag|visuali[sz]e|check\s+for|see|look\s+at)")
@@ -116,8 +119,9 @@ _RULES: list[tuple[str | None, int, str, bool]] = [
                     r"enclosing|surrounding|to)\s+(?P<cat>.+)", False),
     (DET, EXPLICIT, r"\b(?P<kw>(?:bounding\s+box(?:es)?|bbox(?:es)?))\s+of\s+(?P<cat>.+)", False),
     (DET, EXPLICIT, r"\b(?P<kw>detect(?:s|ed|ing|ion|ions|or)?)\b(?:\s+(?:of|for|on|in)\b)*" + _OBJ, False),
-    (DET, EXPLICIT, rf"{_CLAUSE}(?P<kw>box|bbox|enclose|bound)\b(?!\s+(?:around|for|on|over|of|to)\b)\s+(?P<cat>.+)",
-     False),
+    # "Box the cars", "Box in every cube", "Frame each dog"; not the nouns ("Frame 3 shows a dog").
+    (DET, EXPLICIT, rf"{_CLAUSE}(?P<kw>box(?:\s+(?:in|up))?|bbox|enclose|bound|frame)\b(?!\s+(?:around|for|on|over|of|"
+                    rf"to|is|are|shows?|has|contains?)\b|\s+\d)\s+(?P<cat>.+)", False),
     (DET, EXPLICIT, r"\b(?P<kw>bounding\s+(?:box(?:es)?|rectangles?)|bbox(?:es)?|(?:draw|put|place|add)\s+"
                     r"(?:an?\s+)?(?:box(?:es)?|rectangles?))\b", False),
     (DET, EXPLICIT, r"\b(?P<kw>locali[sz](?:e|es|ed|ing|ation)|locat(?:e|es|ed|ing|ion|ions))\b(?:\s+(?:of|for)\b)*"
@@ -143,6 +147,9 @@ _RULES: list[tuple[str | None, int, str, bool]] = [
      False),
     (DET, WEAK, r"\b(?P<kw>where)\s+(?P<cat>.+?)\s+(?:is|are|sits?|stands?|lies|can\s+be\s+(?:found|seen))\b", False),
     (DET, WEAK, rf"\b{_WEAK_DETECT}\b{_OBJ}", False),
+    # "Mark the dog with boxes": a verb any task could mean, done with boxes.
+    (DET, WEAK, r"\b(?:with|using|as)\s+(?:an?\s+|their\s+|its\s+)?(?:tight\s+|bounding\s+)?"
+                r"(?P<kw>box(?:es)?|rectangles?|bbox(?:es)?)\b", False),
     (DEPTH, WEAK, r"\b(?P<kw>closer|closest|nearer|nearest|farther|farthest|further\s+away|furthest)\b", False),
     (None, ANY_TASK, rf"{_CLAUSE}{_ANY_VERB}\b\s+(?P<cat>.+)", True),
     (None, ANY_TASK, r"^(?P<kw>(?:is|are)\s+there)\s+(?P<cat>.+)", False),
@@ -176,83 +183,7 @@ def _triggers(text: str) -> list[_Trigger]:
     return [trigger for *_, trigger in sorted(found, key=lambda item: item[:3])]
 
 
-# --- cleaning a category ----------------------------------------------------------------------------------
-# A sentence ends at punctuation, but not at the dot of "St. Louis Arch" or "Mt. Fuji".
-_CUT_AT_PUNCTUATION = re.compile(
-    r"(?:[,;:!?\"()]|(?<!\bSt)(?<!\bMt)(?<!\bDr)(?<!\bMr)(?<!\bMs)(?<!\bJr)(?<!\bMrs)\.)(?:\s|$).*$|[?!\"()].*$")
-_LEADING_WORDS = re.compile(
-    r"^(?:(?:the|a|an|all|every|each|any|some|both|this|that|these|those|my|your|its|their|of|me|us|out|for|"
-    r"only|just|(?:all|each|any|every\s+one|one|both)\s+of(?:\s+the)?|any\s+and\s+all|every\s+single|single|"
-    r"where)\s+)+",
-    re.IGNORECASE)
-_LEADING_PARTS = re.compile(
-    r"^(?:(?:the|all|every|each|any|whatever|whichever)\s+)*(?:(?:image|picture|photo)\s+)?"
-    r"(?:parts?|regions?|segments?|areas?|pixels?|portions?|location|position|presence|existence|whereabouts|"
-    r"outline|mask|shape|instances?|occurrences?|place|spot)\s+"
-    rf"(?:of\s+(?:the\s+|this\s+)?{_PICTURE}\s+(?:that\s+|which\s+)?(?:is|are)|"  # "part of the image is water"
-    r"(?:that\s+|which\s+)?(?:corresponds?|corresponding|belongs?|belonging)\s+to|containing|contains?|of|with|"
-    r"showing|for|(?:that\s+is\s+|which\s+is\s+)?(?:occupied|covered|taken\s+up)\s+by|where|"
-    r"(?:that\s+|which\s+)?(?:is|are))\s+",
-    re.IGNORECASE)
-_ACTION_VERBS = (r"draw|put|place|add|box|mark|show|highlight|paint|colou?r|give|return|outline|label|segment|detect|"
-                 r"tell|display|make|create|generate|produce|output|enclose|circle|fill|surround|frame|locate|find|"
-                 r"estimate|indicate|report|let|send|provide|write|print")
-_TRAILING = re.compile(
-    r"\s+(?:"
-    rf"(?:in|on|from|within|inside|of|for|across)\s+(?:(?:this|the|that|my|given|attached|provided|input|following|"
-    rf"uploaded|current|whole|entire)\s+)*{_PICTURE}s?\b|"  # about the picture
-    r"using\b|via\b|with\s+(?:the\s+help\s+of|an?\s+(?:computer|algorithm|model))|by\s+\w+ing\b|through\b|"
-    r"based\s+on\b|to\s+(?:gain|create|determine|calculate|improve|measure|make|see|know|show)\b|"  # the method
-    r"so\s+that\b|so\s+(?:i|we)\b|because\b|if\s+you\b|if\s+(?:any|possible|present|visible|there|it|they|one)\b|"
-    r"for\s+me\b|please\b|thanks?\b|thank\s+you\b|that\s+is\b|which\s+is\b|who\s+is\b|that's\b|wherever\b|"
-    r"anywhere\b|somewhere\b|(?:that\s+)?you\s+(?:can\s+|could\s+)?(?:see|find|spot)\b|"  # asides
-    r"(?:(?:shown|visible|seen|pictured|depicted)\s+)?here\b|"  # "Where is the dog here?"
-    rf"(?:and|then|,)\s+(?:then\s+|also\s+|please\s+)?(?:{_ACTION_VERBS})\b|"  # a second verb: "and box it"
-    r"(?:with|in|inside|using)\s+(?:an?\s+|its\s+|their\s+)?(?:bounding\s+)?(?:box(?:es)?|rectangles?|masks?|"
-    r"outlines?)\b|from\s+(?:the\s+)?(?:rest|background|surroundings|everything\s+else)\b|"
-    r"(?:is|are)\s+(?:present|visible|there|located|shown|situated)\b|(?:is|are)$"
-    r").*$",
-    re.IGNORECASE)
-_POSSESSIVE_NOUN = re.compile(
-    r"'s?\s+(?:whereabouts|location|position|presence|existence|outline|mask|pixels|regions?|area|silhouette|"
-    r"boundary|boundaries|shape|bounding\s+box|box|depth|distance)$", re.IGNORECASE)
-# After a painting verb a colour says how to paint, not what: "Paint the cat white", "Highlight the car in red".
-_PAINT_COLOUR = re.compile(rf"(?<=\w)\s+(?:(?:in|with|using)\s+)?(?:the\s+colou?r\s+)?(?:{COLOUR_WORDS})\b"
-                           rf"(?:\s+colou?r)?(?:\s+(?:and|while|but)\b.*)?$", re.IGNORECASE)
-# Never a category: pronouns, the picture itself, vague words; leftover words from a sentence shape.
-_GENERIC = {"", "it", "its", "them", "they", "him", "her", "one", "ones", "this", "that", "these", "those",
-            "something", "anything", "everything", "nothing", "image", "picture", "photo", "photograph", "pic",
-            "snapshot", "scene", "frame", "shot", "view", "input", "img", "objects", "object", "things", "thing",
-            "stuff", "items", "item", "me", "here", "there", "pixel", "pixels", "each pixel", "every pixel", "all",
-            "camera", "result", "output", "location", "position", "whereabouts"}
-_LEFTOVER = re.compile(r"\b(?:if|otherwise|else|unless|whether)\b|"
-                       r"^(?:it|them|they|there|is|are|and|or|but|then|from|with|by|to|into|onto|in|on|at|about|around)\b",
-                       re.IGNORECASE)
-
-
-def _clean_category(text: str | None, paints: bool = False) -> str | None:
-    """Strip what is not the category: trailing clauses, leading articles and 'the image parts of'."""
-    if text is None:
-        return None
-    cat = _CUT_AT_PUNCTUATION.sub("", text.strip())
-    for _ in range(4):  # the pieces can nest: "all the pixels of the cats in this image"
-        before = cat
-        cat = _LEADING_PARTS.sub("", cat).strip()
-        cat = _TRAILING.sub("", cat).strip()
-        cat = _LEADING_WORDS.sub("", cat).strip()
-        cat = _POSSESSIVE_NOUN.sub("", cat).strip()
-        if paints:
-            cat = _PAINT_COLOUR.sub("", cat).strip()
-        if cat == before:
-            break
-    cat = cat.strip(" '\"`-")
-    return cat if _is_category(cat) else None
-
-
-def _is_category(cat: str | None) -> bool:
-    return bool(cat) and cat.lower() not in _GENERIC and not _LEFTOVER.search(cat)
-
-
+# --- the category --------------------------------------------------------------------------------------
 def _category(triggers: list[_Trigger], used: tuple[int, int], text: str) -> str | None:
     """The first real category after these triggers that does not reach into the deciding trigger `used`."""
     for trigger in triggers:
