@@ -35,8 +35,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ..errors import InstructionError
-from .category_phrases import PICTURE as _PICTURE
-from .category_phrases import clean_category as _clean_category, is_category as _is_category
+from .category_phrases import PICTURE, clean_category, is_category
 from .classification_phrases import parse_classification
 from .encodings import TASKS
 from .language import foreign_language
@@ -140,7 +139,7 @@ _RULES: list[tuple[str | None, int, str, bool]] = [
     (SEG, SEGMENTATION_VERB, rf"\b(?P<kw>highlight(?:s|ed|ing)?|silhouettes?|isolate|separate|cut\s+out|extract|divide|"
                              rf"delineate|colou?r\s+in|fill\s+in|shade\s+in|black\s+out)\b{_FILL}{_OBJ}", True),
     (SEG, SEGMENTATION_VERB, rf"{_CLAUSE}(?P<kw>paint|colou?r|shade)\b(?:\s+(?:over|in)\b)?\s+(?P<cat>.+)", True),
-    (SEG, SEGMENTATION_VERB, rf"\b{_REGION}(?:\s+(?:of|in)\s+(?:the|this)\s+{_PICTURE})?\s+(?:that\s+|which\s+)?"
+    (SEG, SEGMENTATION_VERB, rf"\b{_REGION}(?:\s+(?:of|in)\s+(?:the|this)\s+{PICTURE})?\s+(?:that\s+|which\s+)?"
                              rf"{_REGION_OF}\s+(?P<cat>.+)", False),
     (DET, WEAK, rf"\b(?P<kw>where(?:\s+(?:exactly|precisely|actually))?(?:'s|\s+is|\s+are|\s+can\s+i\s+(?:find|see)))"
                 rf"\s+(?:exactly\s+|precisely\s+|actually\s+)?(?P<cat>.+?)(?:\s+(?:{_POSITION_VERBS}))?\s*(?:[?.!].*)?$",
@@ -153,10 +152,10 @@ _RULES: list[tuple[str | None, int, str, bool]] = [
     (DEPTH, WEAK, r"\b(?P<kw>closer|closest|nearer|nearest|farther|farthest|further\s+away|furthest)\b", False),
     (None, ANY_TASK, rf"{_CLAUSE}{_ANY_VERB}\b\s+(?P<cat>.+)", True),
     (None, ANY_TASK, r"^(?P<kw>(?:is|are)\s+there)\s+(?P<cat>.+)", False),
-    (None, ANY_TASK, rf"^(?P<kw>(?:does|do)\s+(?:the\s+|this\s+)?{_PICTURE}\s+(?:contain|have|show|include|depict|"
+    (None, ANY_TASK, rf"^(?P<kw>(?:does|do)\s+(?:the\s+|this\s+)?{PICTURE}\s+(?:contain|have|show|include|depict|"
                      rf"feature))\s+(?P<cat>.+)", False),
     (None, ANY_TASK, rf"^(?P<kw>is|are)\s+(?P<cat>.+?)\s+(?:present|visible|there|shown|pictured|depicted|"
-                     rf"in\s+(?:the|this)\s+{_PICTURE})\b", False),
+                     rf"in\s+(?:the|this)\s+{PICTURE})\b", False),
 ]
 _COMPILED = [(task, tier, re.compile(pattern, re.IGNORECASE), paints) for task, tier, pattern, paints in _RULES]
 
@@ -187,7 +186,7 @@ def _triggers(text: str) -> list[_Trigger]:
 def _category(triggers: list[_Trigger], used: tuple[int, int], text: str) -> str | None:
     """The first real category after these triggers that does not reach into the deciding trigger `used`."""
     for trigger in triggers:
-        cat = _clean_category(trigger.phrase, trigger.paints)
+        cat = clean_category(trigger.phrase, trigger.paints)
         if cat is None:
             continue
         start = text.find(cat, max(trigger.phrase_start, 0))
@@ -208,7 +207,7 @@ def _named_before(text: str, trigger: _Trigger) -> str | None:
     before = text[:trigger.keyword[0]]
     if not re.search(r"[,:;.!?\u2014-]", before):
         return None  # "Find it and box it": nothing named
-    return _clean_category(_ASKING_TAIL.sub("", before))
+    return clean_category(_ASKING_TAIL.sub("", before))
 
 
 # --- politeness, bare noun phrases, other languages -------------------------------------------------------
@@ -232,7 +231,7 @@ def _noun_phrase(text: str) -> str | None:
     words = re.findall(r"[^\W\d_][\w'-]*", text)
     if not 1 <= len(words) <= 6 or any(w.lower() in _NOT_A_NOUN_PHRASE for w in words):
         return None
-    return _clean_category(text)
+    return clean_category(text)
 
 
 def _no_task_message(instruction: str) -> str:
@@ -271,7 +270,7 @@ def route(instruction: str, task: str | None = None) -> Route:
     classification = parse_classification(core)
     if classification is not None:
         category, present, absent = classification
-        if category is None or not _is_category(category):
+        if category is None or not is_category(category):
             raise InstructionError(f"the instruction {text!r} does not say what to look for; "
                                    f"e.g. \"{EXAMPLES['classification'][0]}\"")
         return Route("classification", category, present, absent)
@@ -287,7 +286,7 @@ def route(instruction: str, task: str | None = None) -> Route:
             verb = {"segmentation": "segment", "detection": "detect"}[chosen.task]
             raise InstructionError(f"the instruction {text!r} does not say what to {verb}; "
                                    f"e.g. \"{EXAMPLES[chosen.task][0]}\"")
-        if chosen.task == "depth" and category and re.match(rf"{_PICTURE}s?\b", category, re.IGNORECASE):
+        if chosen.task == "depth" and category and re.match(rf"{PICTURE}s?\b", category, re.IGNORECASE):
             category = None  # "the depth of the image based on its texture" names no place
         return Route(chosen.task, category)
 
@@ -314,9 +313,9 @@ def _forced_route(core: str, task: str) -> Route:
         same = [t for t in triggers if t.task == task]
         category = _category(same, (0, 0), core) or _category(triggers, (0, 0), core)
         if category is None and not triggers and not foreign_language(core):
-            category = _clean_category(core)  # "cat" with task="segmentation"
+            category = clean_category(core)  # "cat" with task="segmentation"
     if task == "classification":
         return Route(task, category, *colors, decided_by="forced")
-    if task == "depth" and category and re.match(rf"{_PICTURE}s?\b", category, re.IGNORECASE):
+    if task == "depth" and category and re.match(rf"{PICTURE}s?\b", category, re.IGNORECASE):
         category = None  # as unforced: "the depth of the image in grey levels" names no place
     return Route(task, category, decided_by="forced")
