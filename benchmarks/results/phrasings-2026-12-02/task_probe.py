@@ -1,10 +1,11 @@
 """Which task does the text encoder put an instruction nearest to? Nearest task centroid of the pool's instructions
-(mean over the instruction's tokens of the last hidden state), for unseen.json's instructions and grammar draws."""
+(the last hidden state at all 77 positions, as the UNet reads it), for an evaluation-only pool's instructions and
+grammar draws.    python task_probe.py [--pool=unseen|blind] MODEL [MODEL ...]"""
 import sys
 import numpy as np, torch
 from transformers import CLIPTextModel, CLIPTokenizer
 from icv_deploy.model_files import resolve_model
-from icv_deploy.training.prompts import load_pool, UNSEEN_FILE, fill
+from icv_deploy.training.prompts import load_pool, POOL_FILES, fill
 from icv_deploy.training.phrasing_grammar import PhrasingGrammar
 from icv_deploy.training.synthetic import CATEGORIES
 
@@ -27,9 +28,11 @@ def instances(pool, per=5, seed=0):
 
 g = PhrasingGrammar(); rng = np.random.default_rng(5)
 grammar = {task: [g.draw(task, rng) for _ in range(40)] for task in g.frames}
-for model in sys.argv[1:]:
+args = sys.argv[1:]
+pool_name = args.pop(0).split("=", 1)[1] if args and args[0].startswith("--pool=") else "unseen"
+for model in args:
     md = resolve_model(model) if not model.startswith("runs") else model
-    train = instances(load_pool()); unseen = instances(load_pool(UNSEEN_FILE)); gr = instances(grammar, per=1)
+    train = instances(load_pool()); unseen = instances(load_pool(POOL_FILES[pool_name])); gr = instances(grammar, per=1)
     e = embed(md, [x[2] for x in train + unseen + gr])
     et, eu, eg = e[:len(train)], e[len(train):len(train) + len(unseen)], e[len(train) + len(unseen):]
     tasks = list(load_pool())
@@ -41,7 +44,7 @@ for model in sys.argv[1:]:
             per.setdefault((task, t), []).append(tasks[p])
         return np.mean([tasks[p] == x[0] for p, x in zip(pred, items)]), per
     a, per = acc(eu, unseen); ag, _ = acc(eg, gr)
-    print(f"{model}: unseen nearest-task accuracy {a:.2f}, grammar draws {ag:.2f}")
+    print(f"{model}: {pool_name} nearest-task accuracy {a:.2f}, grammar draws {ag:.2f}")
     for (task, t), ps in per.items():
         wrong = [p for p in ps if p != task]
         if wrong: print(f"    {task:14} {t[:70]:70} -> {max(set(wrong), key=wrong.count)} ({len(wrong)}/{len(ps)})")
