@@ -9,9 +9,9 @@ half a million to tens of millions of instructions per task from 15-18 frames an
 
 Its vocabulary is the one the runtime's router understands (icv_deploy/tasks/routing.py), and every instruction it
 draws routes to its own task, category and colours (tests/test_phrasing_grammar.py), so the model is never taught a
-request the runtime would read differently. Instructions close to an evaluation-only one (unseen.json) are never
-drawn (`too_close_to_unseen`, unseen.json and blind.json), so `icv-eval --prompts unseen|blind` still measures
-phrasings the model never saw.
+request the runtime would read differently. Instructions close to an evaluation-only one (unseen.json, blind.json) are
+never drawn (`too_close_to_evaluation_only`), so `icv-eval --prompts unseen|blind` still measures phrasings the model
+never saw.
 
 With `rephrase: {share: p}` in an icv-train config, each example's instruction is replaced, with probability p (drawn
 per epoch and example), by one drawn from the grammar for its task, with its category and classification colours kept
@@ -36,7 +36,7 @@ from .prompts import EVALUATION_ONLY, PLACEHOLDERS, POOL_FILES, fill, load_pool
 GRAMMAR_FILE = Path(__file__).with_name("prompts") / "grammar.json"
 # Word-sequence similarity (difflib's ratio, placeholders as words) above which a drawn instruction counts as a
 # copy of an evaluation-only one and is drawn again: rewording one word of a 10-word sentence scores 0.9.
-UNSEEN_SIMILARITY_LIMIT = 0.7
+EVALUATION_SIMILARITY_LIMIT = 0.7
 _SLOT = re.compile(r"<(\w+)>")
 
 
@@ -73,10 +73,10 @@ class PhrasingGrammar:
                 raise IcvError(f"phrasing grammar {path} has no {task} frames")
             for frame in frames:
                 self._check(frame, path, task, depth=0)
-        self.unseen = {task: [] for task in PLACEHOLDERS}  # every evaluation-only instruction, as words
+        self.evaluation_only = {task: [] for task in PLACEHOLDERS}  # every evaluation-only instruction, as words
         for mode in EVALUATION_ONLY:
             for task, templates in load_pool(POOL_FILES[mode]).items():
-                self.unseen[task] += [_words(t) for t in templates]
+                self.evaluation_only[task] += [_words(t) for t in templates]
 
     def _check(self, text: str, path: Path, task: str, depth: int) -> None:
         if depth > 8:
@@ -99,14 +99,14 @@ class PhrasingGrammar:
                 text = self._expand_once(text, rng)
             text = " ".join(text.split())
             text = text[0].upper() + text[1:]
-            if not self.too_close_to_unseen(task, text):
+            if not self.too_close_to_evaluation_only(task, text):
                 return text
         raise IcvError(f"the phrasing grammar draws only instructions too close to evaluation-only ones for {task}")
 
-    def too_close_to_unseen(self, task: str, template: str) -> bool:
+    def too_close_to_evaluation_only(self, task: str, template: str) -> bool:
         words = _words(template)
-        return any(difflib.SequenceMatcher(None, words, other).ratio() > UNSEEN_SIMILARITY_LIMIT
-                   for other in self.unseen[task])
+        return any(difflib.SequenceMatcher(None, words, other).ratio() > EVALUATION_SIMILARITY_LIMIT
+                   for other in self.evaluation_only[task])
 
     def count(self, task: str) -> int:
         """How many distinct expansions `task`'s frames have at most (alternatives multiplied out)."""
