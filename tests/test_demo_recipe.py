@@ -32,7 +32,7 @@ def trained(monkeypatch, tmp_path):
 
 @pytest.fixture
 def autoencoder_stages(monkeypatch):
-    """The three autoencoder stages recorded instead of run (tested in test_train_autoencoder)."""
+    """The autoencoder stages recorded instead of run (tested in test_train_autoencoder)."""
     from icv_deploy.training import train_autoencoder as module
 
     calls = []
@@ -48,7 +48,7 @@ def test_whole_recipe_runs_every_stage_in_order_each_from_the_last(trained, auto
     calls, installed = trained
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--one-step", "--install"])
     assert result.exit_code == 0, result.output
-    assert autoencoder_stages == ["demo-vae", "demo-vae-decoder", "demo-vae-outlines"]
+    assert autoencoder_stages == ["demo-vae", "demo-vae-decoder", "demo-vae-outlines", "demo-vae-boxes"]
     assert [(output, base) for output, base, _ in calls] == [
         ("unet", "random"), ("masks", str(tmp_path / "unet" / "model")), ("answers", str(tmp_path / "masks" / "model")),
         ("phrasings", str(tmp_path / "answers" / "model")), ("one-step", str(tmp_path / "phrasings" / "model")),
@@ -152,3 +152,18 @@ def test_shipped_mask_stage_configs_keep_the_demos_sampler_and_train_only_their_
     assert cfg.scene_recognition == demo.scene_recognition  # stage 6's recognition terms kept
     assert cfg.cache_latents and cfg.resolution == demo.resolution
     assert cfg.runtime == demo.runtime  # its icv_config.json keeps the default setting the model card measures
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True),   # AMD EPYC (Zen 4) with AVX-512 BF16
+    ("fpu avx2 avx512f amx_bf16 amx_tile amx_int8", True),    # Intel Sapphire Rapids
+    ("fpu sse avx2 fma avx512f avx512bw", False),             # AVX-512 without BF16: emulated, slower
+    ("fpu sse avx2 fma", False),
+])
+def test_bf16_training_only_where_the_cpu_computes_it_natively(tmp_path, flags, native):
+    from icv_deploy.training.demo_recipe import cpu_has_native_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(cpuinfo) is native
+    assert cpu_has_native_bf16(tmp_path / "absent") is False

@@ -120,6 +120,7 @@ def test_the_outline_term_is_logged_and_changes_what_the_decoder_learns(trained,
     ({"train_part": "decoder"}, "train_part must be all, or decoder with init_from"),
     ({"mixed_precision": "fp16"}, "mixed_precision must be no or bf16"),
     ({"crop_size": 16}, "unknown autoencoder config key(s) crop_size"),
+    ({"init_from": "runs/nowhere/model"}, "init_from runs/nowhere/model: no trained autoencoder there"),
 ])
 def test_bad_autoencoder_settings_are_named(data_dir, tmp_path, settings, message):
     with pytest.raises(IcvError, match=message.replace("(", r"\(").replace(")", r"\)")):

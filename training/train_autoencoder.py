@@ -84,6 +84,9 @@ def load_autoencoder_config(name_or_path: str, overrides: dict | None = None) ->
     cfg = AutoencoderConfig(**values)
     if cfg.train_part not in ("all", "decoder") or (cfg.train_part == "decoder" and not cfg.init_from):
         raise IcvError(f"train_part must be all, or decoder with init_from (a trained autoencoder), not {cfg.train_part!r}")
+    if cfg.init_from and not (Path(cfg.init_from) / "config.json").is_file():
+        raise IcvError(f"init_from {cfg.init_from}: no trained autoencoder there (no config.json; run the stage that "
+                       "makes it first)")
     if cfg.mixed_precision not in ("no", "bf16"):
         raise IcvError(f"autoencoder mixed_precision must be no or bf16, not {cfg.mixed_precision!r}")
     factor = 2 ** (len(cfg.architecture.get("block_out_channels", (0,))) - 1)
