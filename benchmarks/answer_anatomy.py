@@ -12,8 +12,11 @@ whose instance maps name every object's pixels:
                     also asked about a category the picture does not hold (the category word swapped): its mask
                     should be empty, not the named category's mask again.
     classification  which colour the answer is nearest in the palette: the instruction's colour-if-present, its
-                    colour-if-absent or another one, by the true answer. Wrong but clean colours point at the
-                    decision (is the cube there?); other colours at reading the instruction's colour words.
+                    colour-if-absent or another one, by the true answer; and where the first sampling step's answer
+                    (the clean latent predicted from pure noise) lies against the two colours' latents: near the
+                    segment between them, the colour words are read; at its ends, the decision (is the cube there?)
+                    is made. A mixture halfway decodes to a third colour, so "another colour" alone does not say
+                    which of the two failed.
     detection       how far the answer is from the input (mean absolute difference in grey levels; a copy of the
                     input scores near 0) and where its blue pixels are: how much of the target's outline they
                     cover and what share of them lies within 2 pixels of it.
@@ -86,6 +89,48 @@ def classification_outcome(visual: np.ndarray, colors: tuple[str, str]) -> str:
     return "absent colour" if painted == COLORS[colors[1]] else "another colour"
 
 
+def between_colors(answer: np.ndarray, present: np.ndarray, absent: np.ndarray) -> tuple[float, float]:
+    """(position, distance) of an answer latent on the segment from the absent colour's latent (position 0) to the
+    present colour's (1), both as shares of the segment's length (vectors: per-channel means of flat latents). An
+    answer that reads both colour words but not the picture lies on the segment near the prior, a mixture whose
+    decoded colour is often a third one; one that reads the picture too lies at an end."""
+    segment = present - absent
+    position = float(np.clip((answer - absent) @ segment / (segment @ segment), 0.0, 1.0))
+    distance = float(np.linalg.norm(answer - (absent + position * segment)) / np.linalg.norm(segment))
+    return position, distance
+
+
+class FirstStep:
+    """The first sampling step's clean-latent prediction for a classification query (x0 at the noisiest timestep,
+    where the answer is decided) against the latents of the instruction's two colours painted flat."""
+
+    def __init__(self, pipe, seed: int):
+        self.pipe, self.seed, self.cards = pipe, seed, {}
+
+    def card(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        from icv_deploy.tasks.encodings import COLORS
+
+        if (name, shape) not in self.cards:
+            picture = np.empty((*shape, 3), np.uint8)
+            picture[:] = COLORS[name]
+            latent = self.pipe.encode_image(picture) * self.pipe.backend.info.scaling_factor
+            self.cards[name, shape] = latent.float().mean(dim=(0, 2, 3)).cpu().numpy()
+        return self.cards[name, shape]
+
+    def __call__(self, image: np.ndarray, instruction: str, colors: tuple[str, str]) -> tuple[float, float]:
+        """(position, distance) of the query's first-step answer (between_colors), at the model's working size and
+        guidance; one Euler step with trailing spacing is exactly the clean latent predicted from pure noise."""
+        from icv_deploy import images as imgs
+
+        pipe, settings = self.pipe, self.pipe.defaults
+        shape = imgs.working_size(*image.shape[:2], settings["resolution"], pipe.backend.info.vae_scale_factor)
+        text, empty = pipe.encode_instructions([instruction])
+        answer = pipe.sample(text, empty, pipe.encode_image(imgs.resize(image, shape)), 1, "euler", self.seed,
+                             settings["guidance_scale"], settings["image_guidance_scale"], "trailing")
+        answer = answer.float().mean(dim=(0, 2, 3)).cpu().numpy()
+        return between_colors(answer, self.card(colors[0], shape), self.card(colors[1], shape))
+
+
 def detection_counts(visual: np.ndarray, image: np.ndarray, boxes: np.ndarray) -> dict:
     """How far the answer is from the input, and its blue pixels against the target's outline (the input with
     the boxes painted as icv-data build paints them) and a band of 2 pixels around it."""
@@ -126,6 +171,22 @@ def summary(task: str, totals: dict, queries: int) -> dict:
     return {"queries": queries, **{f"truly {truth}": dict(outcomes) for truth, outcomes in totals.items()}}
 
 
+def first_step_summary(rows: list[tuple[bool, float, float]]) -> dict | None:
+    """The first-step answers of the classification queries, (present, position, distance) each: how far off the
+    segment between the two colours they lie, where on it by the truth, and how well the position tells present from
+    absent (ROC AUC: 0.5 is chance, 1 a position that always places a present query nearer its present colour)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not rows:
+        return None
+    present, position, distance = (np.array(column, np.float64) for column in zip(*rows))
+    both = 0 < present.sum() < len(present)
+    return {"median_distance": float(np.median(distance)),
+            "mean_position_present": float(position[present == 1].mean()) if present.any() else None,
+            "mean_position_absent": float(position[present == 0].mean()) if not present.all() else None,
+            "auc": float(roc_auc_score(present, position)) if both else None}
+
+
 def markdown(doc: dict) -> str:
     seg, cls, det = (doc["results"].get(task) for task in TASKS)
     lines = [f"# How the answers are wrong: {doc['model']}", "",
@@ -154,6 +215,15 @@ def markdown(doc: dict) -> str:
             counts = cls.get(f"truly {truth}", {})
             lines.append(f"| {truth} | " + " | ".join(str(counts.get(o, 0)) for o in outcomes) + " |")
         lines.append("")
+        if first := cls.get("first_step"):
+            lines += ["The first sampling step's answer (the clean latent predicted from pure noise, where the answer "
+                      "is decided) on the segment from the absent colour's latent (0) to the present colour's (1):", "",
+                      "| distance off the segment (share of its length, median) | mean position, truly present | "
+                      "mean position, truly absent | ROC AUC of the position |", "| ---: | ---: | ---: | ---: |",
+                      "| " + " | ".join(cell(first[k]) for k in ("median_distance", "mean_position_present",
+                                                                 "mean_position_absent", "auc")) + " |", "",
+                      "Near the segment but between its ends: the colour words are read and the decision is not made; "
+                      "such a mixture often decodes to a third colour.", ""]
     if det:
         lines += [f"Detection ({det['queries']} queries): the answer against the input and the target's outlines.", "",
                   "| mean abs. difference to the input (grey levels) | outline covered by blue | blue pixels per query "
@@ -220,6 +290,7 @@ def main(model, data, tasks, limit, prompts, steps, sampler, seed, out):
     pipe.progress = False
     queries = collect_queries([data], wanted, limit, prompts, seed)
     totals = {"segmentation": Counter(), "detection": Counter(), "classification": {}}
+    first_step, first_steps = FirstStep(pipe, seed), []
     counts = Counter()
     for query in tqdm(queries, desc="answers", unit="query"):
         example = query.load()
@@ -237,10 +308,13 @@ def main(model, data, tasks, limit, prompts, steps, sampler, seed, out):
         else:
             truth = totals["classification"].setdefault("present" if example.present else "absent", Counter())
             truth[classification_outcome(res.visual, res.colors)] += 1
+            first_steps.append((bool(example.present), *first_step(example.image, query.instruction, res.colors)))
     doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": pipe.source,
            "data": data, "prompts": prompts, "steps": steps, "sampler": sampler, "seed": seed,
            "machine": machine_description("cpu"),
            "results": {task: summary(task, totals[task], counts[task]) for task in wanted}}
+    if "classification" in wanted:
+        doc["results"]["classification"]["first_step"] = first_step_summary(first_steps)
     save_report(out, "anatomy", doc, markdown(doc))
 
 

@@ -69,6 +69,20 @@ def test_detection_anatomy_of_the_exact_target_and_of_a_copy_of_the_input():
     assert target["mean_abs_diff_to_input"] > 0 and target["blue_within_2px_of_outline"] == 1.0
 
 
+def test_a_first_step_answer_placed_between_the_two_colours():
+    absent, present = np.array([0.0, 0.0, 0.0, 1.0]), np.array([2.0, 0.0, 0.0, 1.0])
+    assert answer_anatomy.between_colors(np.array([0.5, 0.0, 0.0, 1.0]), present, absent) == (0.25, 0.0)
+    position, distance = answer_anatomy.between_colors(np.array([1.0, 1.0, 0.0, 1.0]), present, absent)
+    assert position == 0.5 and distance == pytest.approx(0.5)  # one unit off a segment two units long
+    position, distance = answer_anatomy.between_colors(np.array([4.0, 0.0, 0.0, 1.0]), present, absent)
+    assert position == 1.0 and distance == pytest.approx(1.0)  # past the present colour: measured from it
+    rows = [(True, 0.9, 0.1), (True, 0.6, 0.3), (False, 0.7, 0.2), (False, 0.2, 0.5)]
+    first = answer_anatomy.first_step_summary(rows)
+    assert first["auc"] == pytest.approx(0.75) and first["median_distance"] == pytest.approx(0.25)
+    assert first["mean_position_present"] == pytest.approx(0.75) and first["mean_position_absent"] == pytest.approx(0.45)
+    assert answer_anatomy.first_step_summary(rows[:2])["auc"] is None  # one truth only: no AUC
+
+
 def test_the_demo_model_end_to_end(tmp_path):
     from icv_deploy.training.synthetic import write_scenes
 
@@ -83,6 +97,9 @@ def test_the_demo_model_end_to_end(tmp_path):
     assert seg["probes"] > 0 and seg["absent_category_area_ratio"] is not None  # the probes ran
     cls = doc["results"]["classification"]
     assert sum(n for key, outcomes in cls.items() if key.startswith("truly") for n in outcomes.values()) == 3
+    first = cls["first_step"]
+    assert first["median_distance"] >= 0 and all(0 <= first[k] <= 1 for k in ("mean_position_present",
+                                                                               "mean_position_absent") if first[k])
     assert "Detection (3 queries)" in (tmp_path / "out" / "anatomy.md").read_text()
 
 

@@ -92,6 +92,9 @@ class TrainConfig:
     # scenes, weight, blocks, grid; word_weight, word_width for its word term, the named category's cells scored
     # through the text encoder's output at the word); cached latents of `icv-data synth` scenes only.
     scene_recognition: dict = field(default_factory=dict)
+    # A colour head on the text encoder's output at every palette colour word, so that it tells the classification
+    # colours apart (training/color_words.py: weight); needs train_text_encoder. Measured, not in the demo recipe.
+    color_words: dict = field(default_factory=dict)
     # Tokens no training instruction holds, inserted into a share of the instructions so that a user's unknown words
     # do not derail the answer (training/unknown_tokens.py: share, max_tokens); cached latents only.
     unknown_tokens: dict = field(default_factory=dict)
@@ -152,6 +155,9 @@ class TrainConfig:
         if self.scene_recognition and not (self.cache_latents and self.objective == "instruct_pix2pix"):
             raise IcvError("scene_recognition needs objective instruct_pix2pix and cache_latents: true (its labels "
                            "are the cached pictures' scenes, which resizing or cropping would move)")
+        if self.color_words and not (self.train_text_encoder and self.objective == "instruct_pix2pix"):
+            raise IcvError("color_words needs objective instruct_pix2pix and train_text_encoder: true (it trains the "
+                           "text encoder's outputs at the colour words)")
         if self.segmentation_negatives and not self.cache_latents:
             raise IcvError("segmentation_negatives trains on cached latents: set cache_latents: true")
         if self.unknown_tokens:

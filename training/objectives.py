@@ -37,13 +37,15 @@ def timestep_weights(cfg: TrainConfig, num_timesteps: int) -> torch.Tensor | Non
 
 def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_text, dropout: float, gen, weight_dtype,
                           decoded=None, weights=None, grounding=None,
-                          recognition=None) -> tuple[torch.Tensor, dict[str, float]]:
+                          recognition=None, color_words=None) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, its terms): epsilon (or v) MSE of the InstructPix2Pix objective with conditioning dropout, plus with
     `decoded` (a DecodedLoss, cached latents) the decoded-pixel terms of training/one_pass_loss.py on the clean
     latent the prediction implies at its timestep, and with `grounding` (a Grounding) the cross-attention terms of
     training/attention_grounding.py, both for the examples that kept both conditions, and with `recognition` (a
     SceneRecognitionHead) the category term of training/scene_recognition.py for those that kept the picture (its word
-    term for those that kept both). `weights` (timestep_weights): how often each timestep is drawn; None: uniformly."""
+    term for those that kept both), and with `color_words` (a ColorWordHead) the colour-word term of
+    training/color_words.py on every instruction. `weights` (timestep_weights): how often each timestep is drawn;
+    None: uniformly."""
     from diffusers.utils.torch_utils import randn_tensor
 
     if "image_latents" in batch:  # cached (training/latent_cache.py): the same quantities, encoded once
@@ -66,6 +68,8 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     else:
         timesteps = torch.multinomial(weights, bsz, replacement=True, generator=gen).to(device)
     text = text_encoder(batch["input_ids"])[0]
+    # on every instruction's own text, before the dropout below swaps some for the empty one
+    colors, color_values = color_words(batch["input_ids"], text) if color_words is not None else (0.0, {})
 
     drop_text, drop_image = dropout_masks(torch.rand(bsz, generator=gen).to(device), dropout)
     kept = (~drop_text & ~drop_image).nonzero().flatten()
@@ -86,7 +90,7 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     else:
         target = noise
     loss = F.mse_loss(prediction.float(), target.float(), reduction="mean")
-    if (decoded is None or not decoded.active) and grounding is None and recognition is None:
+    if (decoded is None or not decoded.active) and grounding is None and recognition is None and color_words is None:
         return loss, {}
     extra, terms = 0.0, {"prediction_mse": loss.item()}
     if decoded is not None and decoded.active:
@@ -99,7 +103,7 @@ def instruct_pix2pix_loss(batch, unet, vae, text_encoder, noise_scheduler, null_
     if recognition is not None:
         recognised, more = recognition(batch, (~drop_image).nonzero().flatten(), text, kept)
         extra, terms = extra + recognised, {**terms, **more}
-    return loss + extra, terms
+    return loss + extra + colors, {**terms, **color_values}
 
 
 def predicted_clean_latents(prediction, noisy_latents, timesteps, noise_scheduler) -> torch.Tensor:

@@ -29,6 +29,7 @@ from icv_deploy.cli_common import debug_option, one_line_errors
 from icv_deploy.errors import IcvError
 
 from .attention_grounding import AttentionGrounding, Grounding
+from .color_words import ColorWordHead, ColorWords, color_word_tokens
 from .config import TrainConfig, load_config, parse_set, reject_unknown_keys, shipped_configs
 from .objectives import instruct_pix2pix_loss, objective_settings, timestep_weights
 from .one_pass_loss import one_pass_loss
@@ -140,6 +141,13 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             recognition = SceneRecognitionHead(recognition_settings, unet, len(scene_labels.categories), words,
                                                text_encoder.config.hidden_size)
             recognition.to(accelerator.device)
+    color_words = None
+    if cfg.color_words:
+        reject_unknown_keys("color_words", cfg.color_words, ColorWords.__dataclass_fields__)
+        color_settings = ColorWords(**cfg.color_words)
+        if color_settings.weight > 0:  # a training-only head on the text encoder's outputs at the colour words
+            color_words = ColorWordHead(color_word_tokens(tokenizer), text_encoder.config.hidden_size,
+                                        color_settings.weight).to(accelerator.device)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
@@ -157,7 +165,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                                 model_config=text_encoder.config)
             ema_text.to(accelerator.device)
 
-    groups = [{"params": list(unet.parameters()) + (list(recognition.parameters()) if recognition is not None else [])}]
+    heads = [head for head in (recognition, color_words) if head is not None]
+    groups = [{"params": list(unet.parameters()) + [p for head in heads for p in head.parameters()]}]
     if cfg.train_text_encoder:
         groups.append({"params": list(text_encoder.parameters()),
                        "lr": cfg.text_encoder_learning_rate or cfg.learning_rate})
@@ -197,6 +206,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     if recognition is not None:  # after the models, so that a checkpoint keeps their order; the head is saved with them
         recognition = accelerator.prepare(recognition)
         trained.append(recognition)
+    if color_words is not None:  # likewise, after the recognition head
+        color_words = accelerator.prepare(color_words)
+        trained.append(color_words)
     updates_per_epoch = math.ceil(len(loader) / accumulation)  # len: this process's share of the batches
 
     def null_text_embedding():
@@ -268,7 +280,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
                     null = null_text_embedding() if cfg.train_text_encoder else null_text
                     loss, terms = instruct_pix2pix_loss(batch, unet, vae, text_encoder, models.noise_scheduler, null,
                                                         cfg.conditioning_dropout_prob, gen, weight_dtype, decoded, weights,
-                                                        grounding, recognition)
+                                                        grounding, recognition, color_words)
                 else:
                     loss, terms = one_pass_loss(batch, unet, vae, text_encoder, one_pass, scheduler_config, decoded)
                 running_terms.append(terms)
