@@ -3,7 +3,6 @@ gradient goes, and the term inside icv-train (it trains, resumes, and leaves the
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from icv_deploy.training.prompts import CLASSIFICATION_COLORS
 from icv_deploy.training.synthetic import write_scenes
 from icv_deploy.training.train_data import tokenize
 
-from test_train_run import read_losses, run_in_process
+from test_train_run import assert_resume_repeats, read_losses, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +102,8 @@ def test_the_term_trains_resumes_and_stays_out_of_the_saved_text_encoder(data, t
     assert len(trained) == len(unweighted) >= 8
     assert trained[-5:].mean() < 0.5 * unweighted[-5:].mean()
 
-    resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "weighted" / "checkpoints" / "checkpoint-20", resumed / "checkpoints" / "checkpoint-20")
-    again = run_in_process(output=str(resumed), max_steps=40, checkpoint_every=20, resume="latest",
-                           color_words={"weight": 1.0}, **common)
-    np.testing.assert_allclose([again.losses[s] for s in range(21, 41)], [weighted.losses[s] for s in range(21, 41)],
-                               rtol=1e-5, atol=1e-7)
+    assert_resume_repeats(weighted, tmp_path / "weighted", 20, tmp_path / "resumed", last=40, checkpoint_every=20,
+                          color_words={"weight": 1.0}, **common)
 
     saved = CLIPTextModel.from_pretrained(weighted.model_dir, subfolder="text_encoder")
     plain = CLIPTextModel.from_pretrained(measured.model_dir, subfolder="text_encoder")

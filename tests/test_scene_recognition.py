@@ -5,7 +5,6 @@ icv-train (it trains, resumes, and leaves the saved UNet plain)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np
@@ -18,7 +17,7 @@ from icv_deploy.training.scene_recognition import (SceneLabels, SceneRecognition
 from icv_deploy.training.datasets.synth import SynthAdapter
 from icv_deploy.training.synthetic import CATEGORIES, write_scenes
 
-from test_train_run import read_losses, run_in_process
+from test_train_run import assert_resume_repeats, read_losses, run_in_process
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +165,8 @@ def test_the_term_trains_resumes_and_stays_out_of_the_saved_unet(scenes, data, t
     assert len(word) == len(unweighted) >= 30
     assert word[-10:].mean() < 0.75 * unweighted[-10:].mean()
 
-    resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "weighted" / "checkpoints" / "checkpoint-20", resumed / "checkpoints" / "checkpoint-20")
-    again = run_in_process(output=str(resumed), max_steps=40, checkpoint_every=20, resume="latest",
-                           scene_recognition={**recognition, **weights}, **common)
-    np.testing.assert_allclose([again.losses[s] for s in range(21, 41)], [weighted.losses[s] for s in range(21, 41)],
-                               rtol=1e-5, atol=1e-7)
+    assert_resume_repeats(weighted, tmp_path / "weighted", 20, tmp_path / "resumed", last=40, checkpoint_every=20,
+                          scene_recognition={**recognition, **weights}, **common)
 
     saved = UNet2DConditionModel.from_pretrained(weighted.model_dir, subfolder="unet")
     plain = UNet2DConditionModel.from_pretrained(measured.model_dir, subfolder="unet")

@@ -194,6 +194,30 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path):
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
 
 
+def test_cli_set_values_reach_the_config_unless_a_named_option_is_given(monkeypatch, tmp_path):
+    """A named option left unset must not erase `--set` of the same key (it once did: --set learning_rate=1e-3 ran
+    at the config's 5e-4); a named option that is given wins."""
+    from click.testing import CliRunner
+
+    from icv_deploy.training import train as train_module
+
+    seen = []
+
+    def fake_train(cfg, resume=None):
+        seen.append(cfg)
+        return train_module.TrainResult(step=0, model_dir=None)
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    for args, learning_rate, max_steps in [
+        (["--set", "learning_rate=1e-3", "--set", "max_steps=7"], 1e-3, 7),
+        (["--set", "learning_rate=1e-3", "--learning-rate", "2e-3", "--max-steps", "9"], 2e-3, 9),
+        ([], load_config("tiny").learning_rate, load_config("tiny").max_steps),
+    ]:
+        result = CliRunner().invoke(train_module.main, ["--config", "tiny", "--output", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert (seen[-1].learning_rate, seen[-1].max_steps) == (learning_rate, max_steps)
+
+
 def test_open_dataset_checks_columns_and_caps_samples(tmp_path):
     import datasets
 

@@ -84,6 +84,18 @@ def run_in_process(**settings):
     return train(load_config("tiny", {**FAST_CFG, **settings}), resume=resume)
 
 
+def assert_resume_repeats(run, source: Path, step: int, output: Path, last: int, **settings) -> None:
+    """Copy checkpoint-`step` of `run` (trained into `source`) into a fresh `output`, resume it with `settings` up to
+    step `last`, and assert the resumed run repeats the uninterrupted run's losses from step+1 to `last`."""
+    (output / "checkpoints").mkdir(parents=True)
+    name = f"checkpoint-{step}"
+    shutil.copytree(source / "checkpoints" / name, output / "checkpoints" / name)
+    again = run_in_process(output=str(output), max_steps=last, resume="latest", **settings)
+    assert sorted(again.losses) == list(range(step + 1, last + 1))
+    np.testing.assert_allclose([again.losses[s] for s in range(step + 1, last + 1)],
+                               [run.losses[s] for s in range(step + 1, last + 1)], rtol=1e-5, atol=1e-7)
+
+
 def read_losses(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "logs" / "losses.jsonl").read_text().splitlines()]
 
@@ -161,13 +173,8 @@ def test_overfit_then_resume_reproduces_the_loss_curve(data_dir, tmp_path, one_t
     assert all(torch.equal(p, s.cpu()) for p, s in zip(saved.parameters(), shadow))
 
     # Resume from the mid-epoch checkpoint-30 in a fresh folder: the same losses at the same steps.
-    resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(output / "checkpoints" / "checkpoint-30", resumed / "checkpoints" / "checkpoint-30")
-    again = run_in_process(data=str(data_dir), output=str(resumed), max_steps=42, checkpoint_every=30,
-                           validation_every=0, ema_decay=0.9, resume="latest")
-    assert sorted(again.losses) == list(range(31, 43))
-    np.testing.assert_allclose([again.losses[s] for s in range(31, 43)], losses[30:42], rtol=1e-5, atol=1e-7)
+    assert_resume_repeats(result, output, 30, tmp_path / "resumed", last=42, data=str(data_dir), checkpoint_every=30,
+                          validation_every=0, ema_decay=0.9)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path, one_thread):

@@ -419,7 +419,8 @@ def main(config_name, resume, set_items, **options):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "diffusers", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg = load_config(config_name, {**parse_set(set_items), **options})
+    given = {key: value for key, value in options.items() if value is not None}  # unset options keep --set's
+    cfg = load_config(config_name, {**parse_set(set_items), **given})
     result = train(cfg, resume=resume)
     from accelerate import PartialState
 
