@@ -141,6 +141,23 @@ def test_outline_pixels_and_their_sides_weigh_more():
     assert heavy[3:6, 0:9].all() and torch.all(weight[heavy] == 11.0) and torch.all(weight[~heavy] == 1.0)
 
 
+def test_a_blue_answer_card_is_not_an_outline():
+    """Only strokes weigh more: a classification answer painted pure blue (whole picture, or a filled block) has no
+    outline pixels inside it, while a box outline drawn on a photo keeps all of its pixels."""
+    from icv_deploy.tasks.encodings import encode_classification, encode_detection
+    from icv_deploy.training.one_pass_loss import outline_strokes, outline_weight_map
+
+    def as_pixels(picture):
+        return torch.from_numpy(np.asarray(picture, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
+
+    card = as_pixels(encode_classification(True, (16, 16), "blue", "black"))
+    assert torch.all(outline_weight_map(card, 50.0) == 1.0)
+    photo = np.full((16, 16, 3), 128, np.uint8)
+    boxes = as_pixels(encode_detection(photo, [(3, 3, 12, 10)]))
+    drawn = (boxes[0, 2] > 0.9) & (boxes[0, 0] < -0.8)
+    assert drawn.sum() > 20 and torch.equal(outline_strokes(boxes)[0, 0].bool(), drawn)
+
+
 def test_the_mask_term_rewards_committing_to_the_likelier_pixels():
     """An uncertain answer painted as a dim grey (which the runtime's threshold at 127 reads as no mask) costs more
     than the committed mask, and its gradient brightens the mask pixels and darkens the rest."""

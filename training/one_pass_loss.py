@@ -69,9 +69,18 @@ class DecodedLoss:
 
 
 def outline_weight_map(pixels: torch.Tensor, outline_weight: float) -> torch.Tensor:
-    """1 everywhere, 1 + outline_weight on and beside pure blue (0, 0, 255) pixels of `pixels` in [-1, 1]."""
-    near_outline = F.max_pool2d(pure_blue(pixels)[:, None].float(), 3, stride=1, padding=1)  # the line and its sides
+    """1 everywhere, 1 + outline_weight on and beside the outline strokes of `pixels` in [-1, 1] (outline_strokes)."""
+    near_outline = F.max_pool2d(outline_strokes(pixels), 3, stride=1, padding=1)  # the line and its sides
     return 1.0 + outline_weight * near_outline
+
+
+def outline_strokes(pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W): 1 on pure blue pixels that lie on a stroke, i.e. have a pixel of another colour around them.
+    A filled blue area, such as the answer card of "Show blue if ...", is not an outline: weighting it would make one
+    blue card outweigh the rest of the batch 50 to 1."""
+    blue = pure_blue(pixels)[:, None].float()
+    inside = -F.max_pool2d(-blue, 3, stride=1, padding=1)  # 1 where the whole 3 x 3 around is blue (edges: what is there)
+    return blue - inside
 
 
 def pure_blue(pixels: torch.Tensor) -> torch.Tensor:
