@@ -301,17 +301,22 @@ def test_latency_cli_times_the_one_pass_mode_against_the_same_baseline(tiny_mode
 
     out = tmp_path / "one-pass.json"
     args = ["--model", str(tiny_model), "--onnx-model", str(tiny_onnx), "--engine", "torch,onnx-tuned", "--one-pass",
-            "--device", "cpu", "--resolution", "32", "--repeats", "1", "--baseline-steps", "1,10",
+            "--device", "cpu", "--resolution", "32", "--repeats", "3", "--baseline-steps", "1,10",
             "--batch-instructions", "2", "--json", str(out)]
     result = CliRunner().invoke(latency.main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert doc["settings"]["one_pass"]["mode"] == "one_pass" and doc["settings"]["steps"] == 1
-    # steps far apart: a line through 1 and 2 steps of the tiny model is mostly noise, and may be refused
-    assert doc["baseline_ms"] and doc["baseline"]["timed_steps"].keys() == {"1", "10"}
+    # The baseline is timed in this run at the asked step counts (far apart, 3 rounds each, so that a line through
+    # them rises). On a machine busy with other tests it may still be refused (bench_baseline): then it says so, and
+    # no engine claims a speed-up over it; a refusal is not the one-pass mode's failure.
+    assert doc["baseline"]["timed_steps"].keys() == {"1", "10"}
+    refused = doc["baseline_ms"] is None
+    assert refused == bool(doc["baseline"]["refused"]) and ("baseline REFUSED" in result.output) == refused
     for e in doc["engines"]:
         assert e["steps"] == 1 and e["options"]["one_pass"] == doc["settings"]["one_pass"] and e["latent_shape"] == [2, 4, 16, 16]
-        assert e["speedup_vs_baseline"] == pytest.approx(doc["baseline_ms"] / e["end_to_end_ms"], rel=0.01)
+        expected = None if refused else pytest.approx(doc["baseline_ms"] / e["end_to_end_ms"], rel=0.01)
+        assert e["speedup_vs_baseline"] == expected
     assert doc["engines"][1]["options"]["static_dims"]["unet"]["batch"] == 2
     assert "the one UNet pass (batch K)" in result.output
 
