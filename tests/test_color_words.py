@@ -3,7 +3,6 @@ gradient goes, and the term inside icv-train (it trains, resumes, and leaves the
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
