@@ -108,11 +108,10 @@ class FirstStep:
         self.pipe, self.seed, self.cards = pipe, seed, {}
 
     def card(self, name: str, shape: tuple[int, int]) -> np.ndarray:
-        from icv_deploy.tasks.encodings import COLORS
+        from icv_deploy.tasks.encodings import encode_classification
 
         if (name, shape) not in self.cards:
-            picture = np.empty((*shape, 3), np.uint8)
-            picture[:] = COLORS[name]
+            picture = encode_classification(True, shape, name, name)  # the answer card, painted flat in `name`
             latent = self.pipe.encode_image(picture) * self.pipe.backend.info.scaling_factor
             self.cards[name, shape] = latent.float().mean(dim=(0, 2, 3)).cpu().numpy()
         return self.cards[name, shape]
