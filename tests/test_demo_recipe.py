@@ -15,7 +15,7 @@ from click.testing import CliRunner
 @pytest.fixture
 def trained(monkeypatch, tmp_path):
     """train() recorded instead of run: (config, base_model, output) per call; each 'trains' OUTPUT/model."""
-    from icv_deploy.training import demo_recipe, train as train_module
+    from icv_deploy.training import build as build_module, demo_recipe, train as train_module
 
     calls = []
 
@@ -23,7 +23,11 @@ def trained(monkeypatch, tmp_path):
         calls.append((Path(cfg.output).name, cfg.base_model, cfg.max_steps))
         return SimpleNamespace(model_dir=Path(cfg.output) / "model")
 
+    def fake_build(sources, out, **options):  # stage 10's datasets: the options recorded as a call of their own
+        calls.append((Path(out).name, sources, options["tasks"], options["yes_radius"]))
+
     monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(build_module, "build", fake_build)
     monkeypatch.setattr(demo_recipe, "prepare_data", lambda work: work)  # the data stage is icv-data's, tested there
     installed = []
     monkeypatch.setattr(demo_recipe, "install", lambda model, name, extra: installed.append((model, name, extra)) or model)
@@ -49,13 +53,24 @@ def test_whole_recipe_runs_every_stage_in_order_each_from_the_last(trained, auto
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--one-step", "--install"])
     assert result.exit_code == 0, result.output
     assert autoencoder_stages == ["demo-vae", "demo-vae-decoder", "demo-vae-outlines", "demo-vae-boxes"]
-    assert [(output, base) for output, base, _ in calls] == [
+    assert [call[:2] for call in calls] == [
         ("unet", "random"), ("masks", str(tmp_path / "unet" / "model")), ("answers", str(tmp_path / "masks" / "model")),
         ("phrasings", str(tmp_path / "answers" / "model")), ("one-step", str(tmp_path / "phrasings" / "model")),
-        ("one-step-masks", str(tmp_path / "one-step" / "model"))]
+        ("one-step-masks", str(tmp_path / "one-step" / "model"))] + [c[:2] for c in yes_no_calls(tmp_path, tmp_path / "one-step-masks")]
     # the sampled model is installed after its stage 7 (masks, answers, phrasings), the one-pass model after its own
     assert [(model, name) for model, name, _ in installed] == [(tmp_path / "phrasings" / "model", "demo"),
-                                                               (tmp_path / "one-step-masks" / "model", "demo-1step")]
+                                                               (tmp_path / "yes-no-card" / "model", "demo-1step")]
+
+
+def yes_no_calls(work: Path, base) -> list[tuple]:
+    """Stage 10 from `base` (a model folder or bundled name): per radius, the classification examples built with it
+    and a run on them from the phase before; then every task on the recipe's data."""
+    calls, model = [], str(base / "model") if isinstance(base, Path) else base
+    for radius, steps in ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100)):
+        calls += [(f"yes-no-data-r{radius}", [f"synth:{work / 'synth'}"], ["classification"], radius),
+                  (f"yes-no-r{radius}", model, steps)]
+        model = str(work / f"yes-no-r{radius}" / "model")
+    return calls + [("yes-no-card", model, 300)]
 
 
 def test_mask_stage_reuses_the_unet_stages_latents_and_keeps_its_own(trained, autoencoder_stages, tmp_path):
@@ -104,14 +119,27 @@ def test_a_single_stage_can_start_from_another_model(trained, tmp_path):
     assert result.exit_code == 2 and result.output.startswith("error: --base goes with --stage")
 
 
-def test_one_step_only_runs_stages_8_and_9_each_from_the_last(trained, tmp_path):
+def test_one_step_only_runs_stages_8_to_10_each_from_the_last(trained, tmp_path):
     from icv_deploy.training.demo_recipe import main
 
     calls, installed = trained
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--one-step-only"])
     assert result.exit_code == 0, result.output
-    assert calls == [("one-step", "demo", 1200), ("one-step-masks", str(tmp_path / "one-step" / "model"), 800)]
+    assert calls == [("one-step", "demo", 1200), ("one-step-masks", str(tmp_path / "one-step" / "model"), 800),
+                     *yes_no_calls(tmp_path, tmp_path / "one-step-masks")]
     assert installed == []  # no --install, nothing replaced
+
+
+def test_stage_10_alone_starts_from_the_bundled_one_pass_model_and_installs_its_last_run(trained, tmp_path):
+    from icv_deploy.training.demo_recipe import main
+
+    calls, installed = trained
+    result = CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "10", "--install"])
+    assert result.exit_code == 0, result.output
+    assert calls == yes_no_calls(tmp_path, "demo-1step")
+    [(model, name, extra)] = installed
+    assert model == tmp_path / "yes-no-card" / "model" and name == "demo-1step"
+    assert "--stage 10" in extra["trained_with"]
 
 
 def test_stage_9_alone_starts_from_the_bundled_one_pass_model_and_installs_it(trained, tmp_path):
@@ -126,7 +154,7 @@ def test_stage_9_alone_starts_from_the_bundled_one_pass_model_and_installs_it(tr
     assert "--stage 9" in extra["trained_with"]
 
 
-@pytest.mark.parametrize("name", ["demo-1step", "demo-1step-masks"])
+@pytest.mark.parametrize("name", ["demo-1step", "demo-1step-masks", "demo-1step-yes-no", "demo-1step-yes-no-card"])
 def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     from icv_deploy.training.config import load_config
     from icv_deploy.training.objectives import objective_settings
@@ -135,7 +163,8 @@ def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     scheduler = {"num_train_timesteps": 1000, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
     mode, decoded = objective_settings(cfg, scheduler)
     assert mode.timestep == 999 and decoded.weight > 0
-    assert (decoded.mask_weight > 0) == (name == "demo-1step-masks")
+    assert (decoded.mask_weight > 0) == (name in ("demo-1step-masks", "demo-1step-yes-no-card"))
+    assert decoded.color_weight == 0  # the curriculum's grown answers are not one colour; the card phase keeps it off
 
 
 @pytest.mark.parametrize("name", ["demo-masks", "demo-answers", "demo-phrasings"])

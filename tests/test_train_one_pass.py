@@ -158,6 +158,30 @@ def test_a_blue_answer_card_is_not_an_outline():
     assert drawn.sum() > 20 and torch.equal(outline_strokes(boxes)[0, 0].bool(), drawn)
 
 
+def test_outlines_weigh_more_in_detection_targets_only():
+    """The same picture (a blue shape on black, as the yes/no curriculum paints it) decoded with the same error:
+    as a detection target its edge pixels weigh 51x, as a classification target every pixel weighs 1."""
+    from types import SimpleNamespace
+
+    from icv_deploy.tasks import TASKS
+    from icv_deploy.training.one_pass_loss import DecodedLoss, decoded_terms
+    from icv_deploy.training.yes_no_curriculum import grown_answer
+
+    mask = np.zeros((16, 16), bool)
+    mask[5:9, 6:11] = True
+    picture = torch.from_numpy(grown_answer(mask, 2, "blue", "black").astype(np.float32)).permute(2, 0, 1) / 127.5 - 1
+    error = 0.1
+    vae = SimpleNamespace(config=SimpleNamespace(scaling_factor=1.0), dtype=torch.float32,
+                          decode=lambda z: SimpleNamespace(sample=z[:, :3] + error))
+
+    def pixel_l1(task):
+        batch = {"task_id": torch.tensor([TASKS.index(task)]), "target_pixels": picture[None]}
+        return decoded_terms(picture[None].clone(), batch, vae, DecodedLoss(examples=1, outline_weight=50.0))[1]["pixel_l1"]
+
+    assert pixel_l1("classification") == pytest.approx(error, rel=1e-5)
+    assert pixel_l1("detection") > 5 * error
+
+
 def test_the_mask_term_rewards_committing_to_the_likelier_pixels():
     """An uncertain answer painted as a dim grey (which the runtime's threshold at 127 reads as no mask) costs more
     than the committed mask, and its gradient brightens the mask pixels and darkens the rest."""

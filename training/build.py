@@ -117,13 +117,13 @@ def _png(image: np.ndarray) -> dict:
     return {"bytes": data.tobytes(), "path": None}
 
 
-def _write_shard(entries: list[dict], adapters, size: int, folder: Path, progress=None) -> int:
+def _write_shard(entries: list[dict], adapters, size: int, folder: Path, progress=None, yes_radius: int | None = None) -> int:
     import datasets
 
     rows = {c: [] for c in COLUMNS}
     for entry in entries:
         ref = ExampleRef(**{k: entry[k] for k in ("source", "image_id", "task", "category", "key", "present")})
-        pair = make_pair(adapters[entry["source_index"]].load(ref), size, entry["color1"], entry["color2"])
+        pair = make_pair(adapters[entry["source_index"]].load(ref), size, entry["color1"], entry["color2"], yes_radius)
         if progress is not None:
             progress.update(1)
         if pair is None:
@@ -150,8 +150,8 @@ def _init_worker(specs) -> None:
 
 
 def _shard_job(job) -> int:
-    entries, size, folder = job
-    return _write_shard(entries, _worker_adapters, size, Path(folder))
+    entries, size, folder, yes_radius = job
+    return _write_shard(entries, _worker_adapters, size, Path(folder), yes_radius=yes_radius)
 
 
 def _fingerprint(options: dict, pool: dict | None) -> str:
@@ -163,8 +163,10 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
           max_per_source: int | None = None, seed: int = 0, size: int = 256, balance: bool = True,
           shard_size: int = 256, pool_file: str | Path | None = None, tasks=None, overwrite: bool = False,
           restart: bool = False, keep_work: bool = False, progress: bool = True, workers: int = 1,
-          stop_after_shards: int | None = None):
-    """Build the dataset into `out` and return it (a `datasets.Dataset`). `stop_after_shards` is a test hook."""
+          stop_after_shards: int | None = None, yes_radius: int | None = None):
+    """Build the dataset into `out` and return it (a `datasets.Dataset`). `yes_radius`: present classification
+    targets as the category's mask grown by that many pixels (training/yes_no_curriculum.py); the plan, and so
+    every row's instruction, is the same as without it. `stop_after_shards` is a test hook."""
     import datasets
     from tqdm import tqdm
 
@@ -174,6 +176,8 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
         raise IcvError(f"{out} exists and is not empty; pass --overwrite to replace it")
     if size and size < 8:
         raise IcvError(f"--size must be 0 (native) or at least 8, not {size}")
+    if yes_radius is not None and yes_radius < 0:
+        raise IcvError(f"--yes-radius must be at least 0, not {yes_radius}")
     if prompts not in ("fixed", "rephrased"):
         raise IcvError(f"--prompts must be fixed or rephrased, not {prompts!r}")
     specs = [parse_source(s) for s in sources]
@@ -184,6 +188,8 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
     options = {"sources": [[k, str(Path(r).resolve()), s or split] for k, r, s in specs], "prompts": prompts,
                "max_per_source": max_per_source, "seed": seed, "size": size, "balance": balance,
                "shard_size": shard_size, "tasks": sorted(tasks) if tasks else None}
+    if yes_radius is not None:  # only when asked, so that the builds made before the option keep their fingerprint
+        options["yes_radius"] = yes_radius
     fingerprint = _fingerprint(options, pool)
 
     work = out.with_name(out.name + ".work")
@@ -209,13 +215,13 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
 
             specs = [(kind, root, own_split or split) for kind, root, own_split in specs]
             with ProcessPoolExecutor(min(workers, len(pending)), initializer=_init_worker, initargs=(specs,)) as pool:
-                for n in pool.map(_shard_job, [(chunk, size, str(folder)) for chunk, folder in pending]):
+                for n in pool.map(_shard_job, [(chunk, size, str(folder), yes_radius) for chunk, folder in pending]):
                     bar.update(n)
         else:
             for written, (chunk, folder) in enumerate(pending):
                 if stop_after_shards is not None and written >= stop_after_shards:
                     raise BuildInterrupted(f"stopped after {written} shards (test hook)")
-                _write_shard(chunk, adapters, size, folder, bar)
+                _write_shard(chunk, adapters, size, folder, bar, yes_radius)
 
     parts = [datasets.load_from_disk(str(d)) for d in shard_dirs]
     dataset = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({c: [] for c in COLUMNS}, features=features())

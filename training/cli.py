@@ -61,10 +61,14 @@ def synth(out, num, seed, size):
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Processes writing shards.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--restart", is_flag=True, help="Discard an unfinished build in OUT.work instead of resuming it.")
+@click.option("--yes-radius", type=click.IntRange(0), default=None,
+              help="Training curriculum: paint a present classification answer as the category's mask grown by "
+                   "this many pixels, in the first colour on the second, instead of the solid card "
+                   "(training/yes_no_curriculum.py; sources that give masks only).")
 @debug_option
 @one_line_errors
 def build(sources, out, prompts, split, max_per_source, seed, size, tasks, no_balance, pool_file, shard_size, workers,
-          overwrite, restart):
+          overwrite, restart, yes_radius):
     """Materialise the paired dataset as a Hugging Face `datasets` folder.
 
     Columns: input_image, edit_prompt, edited_image (the visual target), task, category, source, image_id.
@@ -77,7 +81,8 @@ def build(sources, out, prompts, split, max_per_source, seed, size, tasks, no_ba
 
     dataset = run_build(list(sources), out, prompts=prompts, split=split, max_per_source=max_per_source, seed=seed,
                         size=size, balance=not no_balance, shard_size=shard_size, pool_file=pool_file,
-                        tasks=list(tasks) or None, overwrite=overwrite, restart=restart, workers=workers)
+                        tasks=list(tasks) or None, overwrite=overwrite, restart=restart, workers=workers,
+                        yes_radius=yes_radius)
     Console().print(summary_table(dataset))
     click.echo(f"dataset written to {out}")
 

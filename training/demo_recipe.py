@@ -20,8 +20,12 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
     8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
                                                                           fine-tuned from stage 7's model)
     9. masks      icv-train       --config demo-1step-masks              (stage 8's model again, with a mask loss)
-`--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--stage 7 --install` runs stage 7
-(its three runs) alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step. How the
+   10. yes/no     icv-data build --task classification --yes-radius R, then icv-train --config demo-1step-yes-no, for
+                  R = 0, 8, 24, 56, 96 (yes/no answers taught through the mask, training/yes_no_curriculum.py),
+                  then icv-train --config demo-1step-yes-no-card (every task, the solid answer card)
+`--one-step-only --install` runs stages 8 to 10 alone from the bundled demo model; `--stage 7 --install` runs stage 7
+(its three runs) alone from the bundled demo, `--stage 9 --install` (or 10) that stage alone from the bundled
+demo-1step. How the
 shipped models were made: the demo's stages 1-5 on 2026-11-30, its stages 5b to 7 on 2026-12-02 (on a 2-core AMD
 EPYC with AVX-512 BF16, bf16 autocast, 1 h 31 min); demo-1step's stage 8 on 2026-11-30 from the stage-6 model of then
 (2,000 steps without the recognition terms, on the autoencoder of stages 3-5), its stage 9 on 2026-12-01.
@@ -177,14 +181,17 @@ def share_file(source: Path, target: Path) -> None:
 
 
 # The one-pass stages: (number, config, output folder under WORK)
-ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"))
+ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"),
+                   (10, "demo-1step-yes-no-card", "yes-no-card"))
+# Stage 10's curriculum, before its last run: (radius in pixels the "present" answer grows the mask by, steps)
+YES_NO_PHASES = ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100))
 
 
 def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, only: int | None = None,
                  on: str | None = None) -> Path:
-    """Stages 8 and 9: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
-    with the mask loss (demo-1step-masks.yaml); `only`: that stage alone, `base` being the one-pass model of the stage
-    before."""
+    """Stages 8 to 10: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
+    with the mask loss (demo-1step-masks.yaml), then teach it yes/no answers (run_yes_no_phases, then
+    demo-1step-yes-no-card.yaml); `only`: that stage alone, `base` being the one-pass model of the stage before."""
     from .config import load_config
     from .train import train
 
@@ -192,6 +199,8 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
     for number, config, output in ONE_STEP_STAGES:
         if only is not None and number != only:
             continue
+        if number == 10:
+            model = run_yes_no_phases(work, model, precision)
         cfg = load_config(config, {"data": str(work / "data"), "output": str(work / output),
                                    "base_model": str(model), "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
@@ -202,18 +211,39 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
     return model
 
 
+def run_yes_no_phases(work: Path, base: Path | str, precision: str) -> Path:
+    """Stage 10's curriculum: per YES_NO_PHASES radius, the classification examples of the recipe's scenes built with
+    their "present" answers as the grown mask (WORK/yes-no-data-rR, the same rows and instructions as in WORK/data's
+    build), and a demo-1step-yes-no run on them from the phase before's model (WORK/yes-no-rR)."""
+    from .build import build
+    from .config import load_config
+    from .train import train
+
+    model = base
+    for radius, steps in YES_NO_PHASES:
+        data = work / f"yes-no-data-r{radius}"
+        if not (data / "dataset_info.json").exists():  # a finished build; an unfinished one resumes
+            build([f"synth:{work / 'synth'}"], data, prompts="rephrased", seed=SEED, size=SIZE,
+                  tasks=["classification"], yes_radius=radius, workers=2)
+        cfg = load_config("demo-1step-yes-no", {"data": str(data), "output": str(work / f"yes-no-r{radius}"),
+                                                 "base_model": str(model), "max_steps": steps,
+                                                 "mixed_precision": precision})
+        model = train(cfg, resume="latest").model_dir
+    return model
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--work", type=click.Path(path_type=Path), default=Path("runs/demo"), help="Working folder of all stages.")
 @click.option("--install", "install_as", flag_value="demo", default=None,
               help="Replace the bundled demo model (icv_deploy/assets/demo) with the result.")
 @click.option("--one-step", is_flag=True,
-              help="Then fine-tune it into the one-pass model (stages 8 and 9, demo-1step; with --install, replace that too).")
+              help="Then fine-tune it into the one-pass model (stages 8 to 10, demo-1step; with --install, replace that too).")
 @click.option("--one-step-only", is_flag=True,
-              help="Only stages 8 and 9, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
+              help="Only stages 8 to 10, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
                    "missing).")
-@click.option("--stage", type=click.Choice(["7", "9"]), default=None,
+@click.option("--stage", type=click.Choice(["7", "9", "10"]), default=None,
               help="Only this fine-tuning stage: 7 (masks, answers, then phrasings) from the bundled demo model, 9 "
-                   "from the bundled demo-1step.")
+                   "or 10 (yes/no) from the bundled demo-1step.")
 @click.option("--base", default=None, metavar="MODEL",
               help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "
                    "[default: the bundled one named above].")

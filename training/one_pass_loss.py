@@ -15,7 +15,7 @@ reads the output here as at inference, so training and inference cannot drift ap
 The decoded term puts the task loss after the VAE decoder, where the answers are read: the frozen decoder is run
 on the predicted latent and gradients flow back through it. It matters most for detection: the autoencoder does not
 reproduce one-pixel outlines from the targets' own latents, but the UNet can learn latents that decode to them.
-Outline pixels weigh more, as in the autoencoder stage (`outline_weight_map`). For depth the pixel L1 is the L1
+Outline pixels of detection targets weigh more, as in the autoencoder stage (`outline_weight_map`). For depth the pixel L1 is the L1
 in metres (grey is linear in depth: 10 m span the 2 units of [-1, 1]); for classification, of the colour card.
 No conditioning dropout: guidance is folded into the weights (one row per instruction at inference, no guidance
 batch).
@@ -68,8 +68,9 @@ class DecodedLoss:
         return self.examples > 0 and max(self.weight, self.mask_weight, self.box_weight, self.color_weight) > 0
 
 
-def outline_weight_map(pixels: torch.Tensor, outline_weight: float) -> torch.Tensor:
-    """1 everywhere, 1 + outline_weight on and beside the outline strokes of `pixels` in [-1, 1] (outline_strokes)."""
+def outline_weight_map(pixels: torch.Tensor, outline_weight) -> torch.Tensor:
+    """1 everywhere, 1 + outline_weight on and beside the outline strokes of `pixels` in [-1, 1] (outline_strokes);
+    `outline_weight` a number, or a tensor that broadcasts to (N, 1, H, W), such as one weight per example."""
     near_outline = F.max_pool2d(outline_strokes(pixels), 3, stride=1, padding=1)  # the line and its sides
     return 1.0 + outline_weight * near_outline
 
@@ -121,7 +122,11 @@ def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, c
     painted = vae.decode((clean[chosen] / vae.config.scaling_factor).to(vae.dtype)).sample.float()
     loss, terms = 0.0, {}
     if decoded.weight > 0:
-        pixel_l1 = (outline_weight_map(pixels, decoded.outline_weight) * (painted - pixels).abs()).mean()
+        # Outlines weigh more in detection targets only: a blue shape in another task's target (a yes/no answer
+        # of the curriculum, training/yes_no_curriculum.py) has edges too, but no outline to keep.
+        is_detection = (batch["task_id"][chosen] == DETECTION).float()[:, None, None, None]
+        weights = outline_weight_map(pixels, decoded.outline_weight * is_detection)
+        pixel_l1 = (weights * (painted - pixels).abs()).mean()
         terms["pixel_l1"] = pixel_l1.item()
         loss = decoded.weight * pixel_l1
     for task, weight, term, name in ((SEGMENTATION, decoded.mask_weight, mask_loss, "mask_bce_dice"),

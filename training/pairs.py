@@ -24,6 +24,7 @@ import numpy as np
 from icv_deploy.tasks.encodings import encode_classification, encode_depth, encode_detection, encode_segmentation
 
 from .datasets.base import Example
+from .yes_no_curriculum import grown_answer
 
 MIN_BOX_AREA_KEPT = 0.3
 
@@ -71,8 +72,11 @@ def resized(example: Example, size: int) -> Example:
     return out
 
 
-def make_pair(example: Example, size: int, color1: str | None = None, color2: str | None = None):
-    """(input image, target image), both uint8 HxWx3 RGB of the same size, or None when nothing is left to show."""
+def make_pair(example: Example, size: int, color1: str | None = None, color2: str | None = None,
+              yes_radius: int | None = None):
+    """(input image, target image), both uint8 HxWx3 RGB of the same size, or None when nothing is left to show.
+    `yes_radius` (training/yes_no_curriculum.py): a present classification example whose source gives the
+    category's mask is painted as that mask grown by this many pixels instead of the solid card."""
     example = resized(example, size)
     image = np.ascontiguousarray(example.image)
     if example.task == "segmentation":
@@ -85,6 +89,8 @@ def make_pair(example: Example, size: int, color1: str | None = None, color2: st
         target = encode_detection(image, example.boxes)
     elif example.task == "depth":
         target = encode_depth(example.depth)
+    elif example.task == "classification" and yes_radius is not None and example.present and example.mask is not None:
+        target = grown_answer(example.mask, yes_radius, color1, color2)
     elif example.task == "classification":
         target = encode_classification(bool(example.present), image.shape[:2], color1, color2)
     else:

@@ -34,7 +34,8 @@ class Example:
     image:    HxWx3 uint8 RGB.
     task:     one of icv_deploy.tasks.encodings.TASKS.
     category: the category the instruction names (None for depth).
-    mask:     segmentation: bool HxW, True where the category is.
+    mask:     segmentation: bool HxW, True where the category is (also present classification examples of sources
+              that know it, for the yes/no curriculum; None otherwise).
     boxes:    detection: float32 Nx4 (x0, y0, x1, y1) in pixels, x1/y1 exclusive (COCO x + w).
     depth:    depth: float32 HxW in metres, 0 where the sensor gave no value.
     present:  classification: is the category in the picture (False for negative pairs).

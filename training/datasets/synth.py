@@ -80,12 +80,18 @@ class SynthAdapter(Adapter):
                 raise IcvError(f"corrupt depth file: {self.root / 'depth' / image_id}.png")
             example.depth = depth_mm.astype(np.float32) / 1000.0
         elif ref.task == "segmentation":
-            instances = read_label_png(self.root / "instances" / f"{image_id}.png", what="instance mask")
-            if instances.shape != image.shape[:2]:
-                raise IcvError(f"corrupt instance mask file: {self.root / 'instances' / image_id}.png")
-            example.mask = np.isin(instances, [o["id"] for o in objects])
+            example.mask = self.category_mask(image_id, objects, image.shape[:2])
         elif ref.task == "detection":
             example.boxes = np.asarray([o["bbox"] for o in objects], dtype=np.float32).reshape(-1, 4)
         else:
             example.present = bool(ref.present)
+            if example.present:  # where it is: the yes/no curriculum paints it (training/yes_no_curriculum.py)
+                example.mask = self.category_mask(image_id, objects, image.shape[:2])
         return example
+
+    def category_mask(self, image_id: str, objects: list[dict], shape: tuple[int, int]) -> np.ndarray:
+        """The union of the objects' instance masks."""
+        instances = read_label_png(self.root / "instances" / f"{image_id}.png", what="instance mask")
+        if instances.shape != shape:
+            raise IcvError(f"corrupt instance mask file: {self.root / 'instances' / image_id}.png")
+        return np.isin(instances, [o["id"] for o in objects])
