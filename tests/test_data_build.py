@@ -90,8 +90,12 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, synth20):
     assert not work.exists()
     assert len(resumed) == len(reference) > 20
     assert _rows(resumed) == _rows(reference)
+    # a finished build asked for again with the same options is kept as it is; with other options, refused
+    stamp = (tmp_path / "resumed" / "icv_build.json").stat().st_mtime_ns
+    assert _rows(build(out=tmp_path / "resumed", **options)) == _rows(reference)
+    assert (tmp_path / "resumed" / "icv_build.json").stat().st_mtime_ns == stamp
     with pytest.raises(IcvError, match="--overwrite"):
-        build(out=tmp_path / "resumed", **options)
+        build(out=tmp_path / "resumed", **{**options, "seed": 4})
     parallel = build(out=tmp_path / "parallel", workers=2, **options)  # shards written by two processes
     assert _rows(parallel) == _rows(reference)
 

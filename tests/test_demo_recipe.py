@@ -24,7 +24,7 @@ def trained(monkeypatch, tmp_path):
         return SimpleNamespace(model_dir=Path(cfg.output) / "model")
 
     def fake_build(sources, out, **options):  # stage 10's datasets: the options recorded as a call of their own
-        calls.append((Path(out).name, sources, options["tasks"], options["yes_radius"]))
+        calls.append((Path(out).name, sources, options["tasks"], options["yes_radius"], options["colors"]))
 
     monkeypatch.setattr(train_module, "train", fake_train)
     monkeypatch.setattr(build_module, "build", fake_build)
@@ -66,10 +66,11 @@ def yes_no_calls(work: Path, base) -> list[tuple]:
     """Stage 10 from `base` (a model folder or bundled name): per radius, the classification examples built with it
     and a run on them from the phase before; then every task on the recipe's data."""
     calls, model = [], str(base / "model") if isinstance(base, Path) else base
-    for radius, steps in ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100)):
-        calls += [(f"yes-no-data-r{radius}", [f"synth:{work / 'synth'}"], ["classification"], radius),
-                  (f"yes-no-r{radius}", model, steps)]
-        model = str(work / f"yes-no-r{radius}" / "model")
+    for radius, steps in ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100), (None, 150)):
+        name = "card" if radius is None else radius
+        calls += [(f"yes-no-data-r{name}", [f"synth:{work / 'synth'}"], ["classification"], radius, ("blue", "black")),
+                  (f"yes-no-r{name}", model, steps)]
+        model = str(work / f"yes-no-r{name}" / "model")
     return calls + [("yes-no-card", model, 300)]
 
 

@@ -59,8 +59,26 @@ def test_present_answers_are_the_grown_mask_and_absent_ones_the_card(scenes, tmp
     assert present_rows >= 5
 
 
-def test_a_negative_radius_is_refused(scenes, tmp_path):
+def test_one_colour_pair_for_every_question(scenes, tmp_path):
+    """--colors: every instruction names the pair (as the router reads it), the rows and targets follow it."""
     result = CliRunner().invoke(icv_data, ["build", "--source", f"synth:{scenes}", "--out", str(tmp_path / "d"),
-                                           "--yes-radius", "-1"])
-    assert result.exit_code == 2 and "--yes-radius" in result.output
+                                           "--task", "classification", "--size", "64", "--colors", "blue,black"])
+    assert result.exit_code == 0, result.output
+    import datasets
+
+    rows = datasets.load_from_disk(str(tmp_path / "d"))
+    assert len(rows) >= 10
+    for row in rows:
+        said = route(row["edit_prompt"])
+        assert (said.color_if_present, said.color_if_absent) == ("blue", "black")
+        present = category_mask(scenes, row["image_id"], row["category"]).any()
+        assert np.all(np.array(row["edited_image"]) == COLORS["blue" if present else "black"])
+
+
+@pytest.mark.parametrize("option, value", [("--yes-radius", "-1"), ("--colors", "blue,blue"), ("--colors", "blue"),
+                                           ("--colors", "blue,teal")])
+def test_bad_curriculum_options_are_refused(scenes, tmp_path, option, value):
+    result = CliRunner().invoke(icv_data, ["build", "--source", f"synth:{scenes}", "--out", str(tmp_path / "d"),
+                                           option, value])
+    assert result.exit_code == 2 and option in result.output
     assert not (tmp_path / "d").exists()

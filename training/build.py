@@ -41,7 +41,7 @@ from icv_deploy.tasks.encodings import TASKS
 
 from .datasets import ADAPTERS, ExampleRef, open_source
 from .pairs import make_pair
-from .prompts import choose_prompt, load_pool
+from .prompts import CLASSIFICATION_COLORS, choose_prompt, load_pool
 
 PLAN_VERSION = 1
 COLUMNS = ("input_image", "edit_prompt", "edited_image", "task", "category", "source", "image_id")
@@ -81,7 +81,8 @@ def _round_robin(groups: list[list]) -> list:
 
 
 def plan_build(adapters, seed: int = 0, max_per_source: int | None = None, balance: bool = True,
-               prompts: str = "fixed", pool: dict | None = None, tasks=None) -> list[dict]:
+               prompts: str = "fixed", pool: dict | None = None, tasks=None,
+               colors: tuple[str, str] | None = None) -> list[dict]:
     """The ordered list of examples to build, each with its instruction (see the module docstring)."""
     per_task: dict[str, list[list[ExampleRef]]] = {t: [] for t in TASKS}
     for s, adapter in enumerate(adapters):
@@ -106,7 +107,8 @@ def plan_build(adapters, seed: int = 0, max_per_source: int | None = None, balan
     plan = []
     for n, i in enumerate(order):
         s, ref = entries[i]
-        prompt, color1, color2 = choose_prompt(ref.task, ref.category, np.random.default_rng([seed, n, 1]), prompts, pool)
+        prompt, color1, color2 = choose_prompt(ref.task, ref.category, np.random.default_rng([seed, n, 1]), prompts, pool,
+                                              colors)
         plan.append({"source_index": s, **asdict(ref), "prompt": prompt, "color1": color1, "color2": color2})
     return plan
 
@@ -163,21 +165,26 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
           max_per_source: int | None = None, seed: int = 0, size: int = 256, balance: bool = True,
           shard_size: int = 256, pool_file: str | Path | None = None, tasks=None, overwrite: bool = False,
           restart: bool = False, keep_work: bool = False, progress: bool = True, workers: int = 1,
-          stop_after_shards: int | None = None, yes_radius: int | None = None):
+          stop_after_shards: int | None = None, yes_radius: int | None = None, colors: tuple[str, str] | None = None):
     """Build the dataset into `out` and return it (a `datasets.Dataset`). `yes_radius`: present classification
     targets as the category's mask grown by that many pixels (training/yes_no_curriculum.py); the plan, and so
-    every row's instruction, is the same as without it. `stop_after_shards` is a test hook."""
+    every row's instruction, is the same as without it. `colors`: every classification instruction names this pair
+    (present, absent) instead of one drawn per example. `stop_after_shards` is a test hook."""
     import datasets
     from tqdm import tqdm
 
     datasets.disable_progress_bars()  # one bar (ours) is enough
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IcvError(f"{out} exists and is not empty; pass --overwrite to replace it")
     if size and size < 8:
         raise IcvError(f"--size must be 0 (native) or at least 8, not {size}")
     if yes_radius is not None and yes_radius < 0:
         raise IcvError(f"--yes-radius must be at least 0, not {yes_radius}")
+    if colors is not None:
+        colors = tuple(colors)
+        unknown = [c for c in colors if c not in CLASSIFICATION_COLORS]
+        if len(colors) != 2 or unknown or colors[0] == colors[1]:
+            raise IcvError(f"--colors must name two different colours of {', '.join(CLASSIFICATION_COLORS)}, not "
+                           f"{','.join(colors)}")
     if prompts not in ("fixed", "rephrased"):
         raise IcvError(f"--prompts must be fixed or rephrased, not {prompts!r}")
     specs = [parse_source(s) for s in sources]
@@ -190,7 +197,14 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
                "shard_size": shard_size, "tasks": sorted(tasks) if tasks else None}
     if yes_radius is not None:  # only when asked, so that the builds made before the option keep their fingerprint
         options["yes_radius"] = yes_radius
+    if colors is not None:
+        options["colors"] = list(colors)
     fingerprint = _fingerprint(options, pool)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        done = out / "icv_build.json"
+        if done.exists() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+            return datasets.load_from_disk(str(out))  # built before with these very options: nothing to do
+        raise IcvError(f"{out} exists and is not empty; pass --overwrite to replace it")
 
     work = out.with_name(out.name + ".work")
     plan_file = work / "plan.json"
@@ -202,7 +216,7 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
         plan = saved["plan"]
     else:
         shutil.rmtree(work, ignore_errors=True)
-        plan = plan_build(adapters, seed, max_per_source, balance, prompts, pool, tasks)
+        plan = plan_build(adapters, seed, max_per_source, balance, prompts, pool, tasks, colors)
         write_json(plan_file, {"fingerprint": fingerprint, "options": options, "plan": plan}, indent=None)
 
     chunks = [plan[i:i + shard_size] for i in range(0, len(plan), shard_size)]

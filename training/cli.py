@@ -65,15 +65,19 @@ def synth(out, num, seed, size):
               help="Training curriculum: paint a present classification answer as the category's mask grown by "
                    "this many pixels, in the first colour on the second, instead of the solid card "
                    "(training/yes_no_curriculum.py; sources that give masks only).")
+@click.option("--colors", default=None, metavar="FIRST,SECOND",
+              help="Every classification instruction names this colour pair (shown if present, if absent) instead of "
+                   "one drawn per example, e.g. blue,black.")
 @debug_option
 @one_line_errors
 def build(sources, out, prompts, split, max_per_source, seed, size, tasks, no_balance, pool_file, shard_size, workers,
-          overwrite, restart, yes_radius):
+          overwrite, restart, yes_radius, colors):
     """Materialise the paired dataset as a Hugging Face `datasets` folder.
 
     Columns: input_image, edit_prompt, edited_image (the visual target), task, category, source, image_id.
     Balanced across tasks: every task gets as many examples as the smallest task has (--no-balance keeps
-    all). Augmentation is left to training. Interrupted? Run the same command again: it resumes.
+    all). Augmentation is left to training. Interrupted? Run the same command again: it resumes (a finished
+    build of the same options is kept as it is).
     """
     from rich.console import Console
 
@@ -82,7 +86,7 @@ def build(sources, out, prompts, split, max_per_source, seed, size, tasks, no_ba
     dataset = run_build(list(sources), out, prompts=prompts, split=split, max_per_source=max_per_source, seed=seed,
                         size=size, balance=not no_balance, shard_size=shard_size, pool_file=pool_file,
                         tasks=list(tasks) or None, overwrite=overwrite, restart=restart, workers=workers,
-                        yes_radius=yes_radius)
+                        yes_radius=yes_radius, colors=colors.split(",") if colors else None)
     Console().print(summary_table(dataset))
     click.echo(f"dataset written to {out}")
 

@@ -20,9 +20,10 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
     8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
                                                                           fine-tuned from stage 7's model)
     9. masks      icv-train       --config demo-1step-masks              (stage 8's model again, with a mask loss)
-   10. yes/no     icv-data build --task classification --yes-radius R, then icv-train --config demo-1step-yes-no, for
-                  R = 0, 8, 24, 56, 96 (yes/no answers taught through the mask, training/yes_no_curriculum.py),
-                  then icv-train --config demo-1step-yes-no-card (every task, the solid answer card)
+   10. yes/no     icv-data build --task classification --colors blue,black --yes-radius R, then icv-train --config
+                  demo-1step-yes-no, for R = 0, 8, 24, 56, 96 and the solid card (yes/no answers taught through the
+                  mask, training/yes_no_curriculum.py), then icv-train --config demo-1step-yes-no-card (every task,
+                  every phrasing and colour pair, the solid answer card)
 `--one-step-only --install` runs stages 8 to 10 alone from the bundled demo model; `--stage 7 --install` runs stage 7
 (its three runs) alone from the bundled demo, `--stage 9 --install` (or 10) that stage alone from the bundled
 demo-1step. How the
@@ -183,8 +184,13 @@ def share_file(source: Path, target: Path) -> None:
 # The one-pass stages: (number, config, output folder under WORK)
 ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"),
                    (10, "demo-1step-yes-no-card", "yes-no-card"))
-# Stage 10's curriculum, before its last run: (radius in pixels the "present" answer grows the mask by, steps)
-YES_NO_PHASES = ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100))
+# Stage 10's curriculum, before its last run: (radius in pixels the "present" answer grows the mask by, None for the
+# solid card; steps). Its instructions are the paper's template in one colour pair: with a colour pair drawn per
+# example and the pool's phrasings, the first two phases painted the "absent" colour everywhere (ROC AUC 0.50);
+# with one pair, presence is learnt (benchmarks/results/yes-no-curriculum-2026-12-03/), and the last run, every
+# phrasing and colour pair, carries it over.
+YES_NO_PHASES = ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100), (None, 150))
+YES_NO_COLORS = ("blue", "black")
 
 
 def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, only: int | None = None,
@@ -212,20 +218,21 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
 
 
 def run_yes_no_phases(work: Path, base: Path | str, precision: str) -> Path:
-    """Stage 10's curriculum: per YES_NO_PHASES radius, the classification examples of the recipe's scenes built with
-    their "present" answers as the grown mask (WORK/yes-no-data-rR, the same rows and instructions as in WORK/data's
-    build), and a demo-1step-yes-no run on them from the phase before's model (WORK/yes-no-rR)."""
+    """Stage 10's curriculum: per YES_NO_PHASES radius, every yes/no query of the recipe's scenes, in the paper's
+    template and YES_NO_COLORS, built with their "present" answers as the grown mask (WORK/yes-no-data-rR; rcard for
+    the solid card), and a demo-1step-yes-no run on them from the phase before's model (WORK/yes-no-rR)."""
     from .build import build
     from .config import load_config
     from .train import train
 
     model = base
     for radius, steps in YES_NO_PHASES:
-        data = work / f"yes-no-data-r{radius}"
-        if not (data / "dataset_info.json").exists():  # a finished build; an unfinished one resumes
-            build([f"synth:{work / 'synth'}"], data, prompts="rephrased", seed=SEED, size=SIZE,
-                  tasks=["classification"], yes_radius=radius, workers=2)
-        cfg = load_config("demo-1step-yes-no", {"data": str(data), "output": str(work / f"yes-no-r{radius}"),
+        name = "card" if radius is None else radius
+        data = work / f"yes-no-data-r{name}"
+        # an unfinished build resumes, a finished one with these options is kept, one with others is an error
+        build([f"synth:{work / 'synth'}"], data, prompts="fixed", seed=SEED, size=SIZE, tasks=["classification"],
+              yes_radius=radius, colors=YES_NO_COLORS, workers=2)
+        cfg = load_config("demo-1step-yes-no", {"data": str(data), "output": str(work / f"yes-no-r{name}"),
                                                  "base_model": str(model), "max_steps": steps,
                                                  "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir

@@ -114,8 +114,10 @@ def choose_colors(rng: np.random.Generator) -> tuple[str, str]:
 
 
 def choose_prompt(task: str, category: str | None, rng: np.random.Generator, mode: str = "fixed",
-                  pool: dict[str, list[str]] | None = None) -> tuple[str, str | None, str | None]:
-    """(instruction, color1, color2) for one example; the colours are None except for classification.
+                  pool: dict[str, list[str]] | None = None,
+                  colors: tuple[str, str] | None = None) -> tuple[str, str | None, str | None]:
+    """(instruction, color1, color2) for one example; the colours are None except for classification, where they
+    are `colors` if given, else drawn.
 
     mode "fixed": the task's template; "rephrased": a template drawn from the pool (loaded if not given);
     "unseen" / "blind": one drawn from an evaluation-only pool of instructions never used in training.
@@ -129,5 +131,5 @@ def choose_prompt(task: str, category: str | None, rng: np.random.Generator, mod
         raise IcvError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, not {mode!r}")
     color1 = color2 = None
     if task == "classification":
-        color1, color2 = choose_colors(rng)
+        color1, color2 = colors or choose_colors(rng)
     return fill(template, category, color1, color2), color1, color2
