@@ -53,13 +53,13 @@ def test_whole_recipe_runs_every_stage_in_order_each_from_the_last(trained, auto
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--one-step", "--install"])
     assert result.exit_code == 0, result.output
     assert autoencoder_stages == ["demo-vae", "demo-vae-decoder", "demo-vae-outlines", "demo-vae-boxes"]
-    assert [call[:2] for call in calls] == [
+    assert [(output, base) for output, base, _ in calls] == [
         ("unet", "random"), ("masks", str(tmp_path / "unet" / "model")), ("answers", str(tmp_path / "masks" / "model")),
         ("phrasings", str(tmp_path / "answers" / "model")), ("one-step", str(tmp_path / "phrasings" / "model")),
-        ("one-step-masks", str(tmp_path / "one-step" / "model"))] + [c[:2] for c in yes_no_calls(tmp_path, tmp_path / "one-step-masks")]
+        ("one-step-masks", str(tmp_path / "one-step" / "model"))]
     # the sampled model is installed after its stage 7 (masks, answers, phrasings), the one-pass model after its own
     assert [(model, name) for model, name, _ in installed] == [(tmp_path / "phrasings" / "model", "demo"),
-                                                               (tmp_path / "yes-no-card" / "model", "demo-1step")]
+                                                               (tmp_path / "one-step-masks" / "model", "demo-1step")]
 
 
 def yes_no_calls(work: Path, base) -> list[tuple]:
@@ -120,18 +120,17 @@ def test_a_single_stage_can_start_from_another_model(trained, tmp_path):
     assert result.exit_code == 2 and result.output.startswith("error: --base goes with --stage")
 
 
-def test_one_step_only_runs_stages_8_to_10_each_from_the_last(trained, tmp_path):
+def test_one_step_only_runs_stages_8_and_9_each_from_the_last(trained, tmp_path):
     from icv_deploy.training.demo_recipe import main
 
     calls, installed = trained
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--one-step-only"])
     assert result.exit_code == 0, result.output
-    assert calls == [("one-step", "demo", 1200), ("one-step-masks", str(tmp_path / "one-step" / "model"), 800),
-                     *yes_no_calls(tmp_path, tmp_path / "one-step-masks")]
+    assert calls == [("one-step", "demo", 1200), ("one-step-masks", str(tmp_path / "one-step" / "model"), 800)]
     assert installed == []  # no --install, nothing replaced
 
 
-def test_stage_10_alone_starts_from_the_bundled_one_pass_model_and_installs_its_last_run(trained, tmp_path):
+def test_the_yes_no_experiment_runs_only_when_asked_from_the_bundled_one_pass_model(trained, tmp_path):
     from icv_deploy.training.demo_recipe import main
 
     calls, installed = trained

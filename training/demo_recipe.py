@@ -20,13 +20,12 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
     8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
                                                                           fine-tuned from stage 7's model)
     9. masks      icv-train       --config demo-1step-masks              (stage 8's model again, with a mask loss)
-   10. yes/no     icv-data build --task classification --colors blue,black --yes-radius R, then icv-train --config
-                  demo-1step-yes-no, for R = 0, 8, 24, 56, 96 and the solid card (yes/no answers taught through the
-                  mask, training/yes_no_curriculum.py), then icv-train --config demo-1step-yes-no-card (every task,
-                  every phrasing and colour pair, the solid answer card)
-`--one-step-only --install` runs stages 8 to 10 alone from the bundled demo model; `--stage 7 --install` runs stage 7
-(its three runs) alone from the bundled demo, `--stage 9 --install` (or 10) that stage alone from the bundled
-demo-1step. How the
+   10. yes/no     (an experiment, `--stage 10` only; its result was not shipped) icv-data build --task classification
+                  --colors blue,black --yes-radius R, then icv-train --config demo-1step-yes-no, for R = 0, 8, 24, 56,
+                  96 and the solid card (yes/no answers taught through the mask, training/yes_no_curriculum.py), then
+                  icv-train --config demo-1step-yes-no-card (every task, phrasing and colour pair, the solid card)
+`--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--stage 7 --install` runs stage 7
+(its three runs) alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step. How the
 shipped models were made: the demo's stages 1-5 on 2026-11-30, its stages 5b to 7 on 2026-12-02 (on a 2-core AMD
 EPYC with AVX-512 BF16, bf16 autocast, 1 h 31 min); demo-1step's stage 8 on 2026-11-30 from the stage-6 model of then
 (2,000 steps without the recognition terms, on the autoencoder of stages 3-5), its stage 9 on 2026-12-01.
@@ -182,30 +181,32 @@ def share_file(source: Path, target: Path) -> None:
 
 
 # The one-pass stages: (number, config, output folder under WORK)
-ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"),
-                   (10, "demo-1step-yes-no-card", "yes-no-card"))
-# Stage 10's curriculum, before its last run: (radius in pixels the "present" answer grows the mask by, None for the
-# solid card; steps). Its instructions are the paper's template in one colour pair: with a colour pair drawn per
-# example and the pool's phrasings, the first two phases painted the "absent" colour everywhere (ROC AUC 0.50);
-# with one pair, presence is learnt (benchmarks/results/yes-no-curriculum-2026-12-03/), and the last run, every
-# phrasing and colour pair, carries it over.
+ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"))
+# Stage 10, an experiment that only `--stage 10` runs (it is no part of the shipped models): its curriculum, before its
+# last run (demo-1step-yes-no-card), as (radius in pixels the "present" answer grows the mask by, None for the solid
+# card; steps). Its instructions are the paper's template in one colour pair: with a colour pair drawn per example
+# and the pool's phrasings, the first two phases painted the "absent" colour everywhere (ROC AUC 0.50). With one pair
+# presence is learnt (held-out AUC 0.88 at R = 96), but the solid card loses part of it, the last run does not carry
+# it over to the other phrasings and colours, and the 820 steps cost the masks and depth more than the last run's
+# 300 steps of every task give back (benchmarks/results/yes-no-curriculum-2026-12-03/).
+YES_NO_STAGE = (10, "demo-1step-yes-no-card", "yes-no-card")
 YES_NO_PHASES = ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100), (None, 150))
 YES_NO_COLORS = ("blue", "black")
 
 
 def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, only: int | None = None,
                  on: str | None = None) -> Path:
-    """Stages 8 to 10: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
-    with the mask loss (demo-1step-masks.yaml), then teach it yes/no answers (run_yes_no_phases, then
-    demo-1step-yes-no-card.yaml); `only`: that stage alone, `base` being the one-pass model of the stage before."""
+    """Stages 8 and 9: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
+    with the mask loss (demo-1step-masks.yaml); `only`: that stage alone, `base` being the one-pass model of the stage
+    before; only = 10: the yes/no experiment (run_yes_no_phases, then demo-1step-yes-no-card.yaml)."""
     from .config import load_config
     from .train import train
 
     model = base
-    for number, config, output in ONE_STEP_STAGES:
-        if only is not None and number != only:
+    for number, config, output in (*ONE_STEP_STAGES, YES_NO_STAGE):
+        if (only is None and number == YES_NO_STAGE[0]) or (only is not None and number != only):
             continue
-        if number == 10:
+        if number == YES_NO_STAGE[0]:
             model = run_yes_no_phases(work, model, precision)
         cfg = load_config(config, {"data": str(work / "data"), "output": str(work / output),
                                    "base_model": str(model), "mixed_precision": precision})
@@ -244,13 +245,13 @@ def run_yes_no_phases(work: Path, base: Path | str, precision: str) -> Path:
 @click.option("--install", "install_as", flag_value="demo", default=None,
               help="Replace the bundled demo model (icv_deploy/assets/demo) with the result.")
 @click.option("--one-step", is_flag=True,
-              help="Then fine-tune it into the one-pass model (stages 8 to 10, demo-1step; with --install, replace that too).")
+              help="Then fine-tune it into the one-pass model (stages 8 and 9, demo-1step; with --install, replace that too).")
 @click.option("--one-step-only", is_flag=True,
-              help="Only stages 8 to 10, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
+              help="Only stages 8 and 9, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
                    "missing).")
 @click.option("--stage", type=click.Choice(["7", "9", "10"]), default=None,
               help="Only this fine-tuning stage: 7 (masks, answers, then phrasings) from the bundled demo model, 9 "
-                   "or 10 (yes/no) from the bundled demo-1step.")
+                   "from the bundled demo-1step, 10 (the yes/no experiment; not shipped) from it too.")
 @click.option("--base", default=None, metavar="MODEL",
               help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "
                    "[default: the bundled one named above].")
