@@ -119,7 +119,8 @@ def _png(image: np.ndarray) -> dict:
     return {"bytes": data.tobytes(), "path": None}
 
 
-def _write_shard(entries: list[dict], adapters, size: int, folder: Path, progress=None, yes_radius: int | None = None) -> int:
+def _write_shard(entries: list[dict], adapters, size: int, folder: Path, progress=None,
+                 yes_radius: int | None = None) -> int:
     import datasets
 
     rows = {c: [] for c in COLUMNS}

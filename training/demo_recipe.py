@@ -187,7 +187,7 @@ ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-s
 # card; steps). Its instructions are the paper's template in one colour pair: with a colour pair drawn per example
 # and the pool's phrasings, the first two phases painted the "absent" colour everywhere (ROC AUC 0.50). With one pair
 # presence is learnt (held-out AUC 0.88 at R = 96), but the solid card loses part of it, the last run does not carry
-# it over to the other phrasings and colours, and the 820 steps cost the masks and depth more than the last run's
+# it over to the other phrasings and colours, and the 670 steps cost the masks and depth more than the last run's
 # 300 steps of every task give back (benchmarks/results/yes-no-curriculum-2026-12-03/).
 YES_NO_STAGE = (10, "demo-1step-yes-no-card", "yes-no-card")
 YES_NO_PHASES = ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100), (None, 150))

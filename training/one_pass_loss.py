@@ -15,8 +15,9 @@ reads the output here as at inference, so training and inference cannot drift ap
 The decoded term puts the task loss after the VAE decoder, where the answers are read: the frozen decoder is run
 on the predicted latent and gradients flow back through it. It matters most for detection: the autoencoder does not
 reproduce one-pixel outlines from the targets' own latents, but the UNet can learn latents that decode to them.
-Outline pixels of detection targets weigh more, as in the autoencoder stage (`outline_weight_map`). For depth the pixel L1 is the L1
-in metres (grey is linear in depth: 10 m span the 2 units of [-1, 1]); for classification, of the colour card.
+Outline pixels of detection targets weigh more, as in the autoencoder stage (`outline_weight_map`). For depth the
+pixel L1 is the L1 in metres (grey is linear in depth: 10 m span the 2 units of [-1, 1]); for classification, of the
+colour card.
 No conditioning dropout: guidance is folded into the weights (one row per instruction at inference, no guidance
 batch).
 
