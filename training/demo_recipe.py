@@ -189,7 +189,7 @@ ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-s
 # presence is learnt (held-out AUC 0.88 at R = 96), but the solid card loses part of it, the last run does not carry
 # it over to the other phrasings and colours, and the 670 steps cost the masks and depth more than the last run's
 # 300 steps of every task give back (benchmarks/results/yes-no-curriculum-2026-12-03/).
-YES_NO_STAGE = (10, "demo-1step-yes-no-card", "yes-no-card")
+YES_NO_STAGE = 10
 YES_NO_PHASES = ((0, 120), (8, 100), (24, 100), (56, 100), (96, 100), (None, 150))
 YES_NO_COLORS = ("blue", "black")
 
@@ -198,16 +198,14 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
                  on: str | None = None) -> Path:
     """Stages 8 and 9: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
     with the mask loss (demo-1step-masks.yaml); `only`: that stage alone, `base` being the one-pass model of the stage
-    before; only = 10: the yes/no experiment (run_yes_no_phases, then demo-1step-yes-no-card.yaml)."""
+    before; only = YES_NO_STAGE: the yes/no experiment (run_yes_no)."""
     from .config import load_config
     from .train import train
 
-    model = base
-    for number, config, output in (*ONE_STEP_STAGES, YES_NO_STAGE):
-        if (only is None and number == YES_NO_STAGE[0]) or (only is not None and number != only):
+    model = run_yes_no(work, base, precision) if only == YES_NO_STAGE else base
+    for number, config, output in ONE_STEP_STAGES:
+        if only is not None and number != only:
             continue
-        if number == YES_NO_STAGE[0]:
-            model = run_yes_no_phases(work, model, precision)
         cfg = load_config(config, {"data": str(work / "data"), "output": str(work / output),
                                    "base_model": str(model), "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
@@ -218,10 +216,11 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
     return model
 
 
-def run_yes_no_phases(work: Path, base: Path | str, precision: str) -> Path:
-    """Stage 10's curriculum: per YES_NO_PHASES radius, every yes/no query of the recipe's scenes, in the paper's
-    template and YES_NO_COLORS, built with their "present" answers as the grown mask (WORK/yes-no-data-rR; rcard for
-    the solid card), and a demo-1step-yes-no run on them from the phase before's model (WORK/yes-no-rR)."""
+def run_yes_no(work: Path, base: Path | str, precision: str) -> Path:
+    """Stage 10: per YES_NO_PHASES radius, every yes/no query of the recipe's scenes, in the paper's template and
+    YES_NO_COLORS, built with their "present" answers as the grown mask (WORK/yes-no-data-rR; rcard for the solid
+    card), and a demo-1step-yes-no run on them from the phase before's model (WORK/yes-no-rR); then a
+    demo-1step-yes-no-card run on the recipe's data (WORK/yes-no-card)."""
     from .build import build
     from .config import load_config
     from .train import train
@@ -237,7 +236,9 @@ def run_yes_no_phases(work: Path, base: Path | str, precision: str) -> Path:
                                                  "base_model": str(model), "max_steps": steps,
                                                  "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
-    return model
+    cfg = load_config("demo-1step-yes-no-card", {"data": str(work / "data"), "output": str(work / "yes-no-card"),
+                                                  "base_model": str(model), "mixed_precision": precision})
+    return train(cfg, resume="latest").model_dir
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
