@@ -130,9 +130,9 @@ class FirstStep:
         return between_colors(answer, self.card(colors[0], shape), self.card(colors[1], shape))
 
 
-def detection_counts(visual: np.ndarray, image: np.ndarray, boxes: np.ndarray) -> dict:
+def detection_counts(visual: np.ndarray, image: np.ndarray, boxes: np.ndarray, line_fraction: float | None = None) -> dict:
     """How far the answer is from the input, and its blue pixels against the target's outline (the input with
-    the boxes painted as icv-data build paints them) and a band of 2 pixels around it."""
+    the boxes painted as icv-data build paints them, `line_fraction` wide) and a band of 2 pixels around it."""
     import cv2
 
     from icv_deploy.tasks.decoders import blue_mask
@@ -140,7 +140,7 @@ def detection_counts(visual: np.ndarray, image: np.ndarray, boxes: np.ndarray) -
 
     if visual.shape != image.shape:  # the model worked at another size: compare at the input's
         visual = cv2.resize(visual, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
-    outline = np.all(encode_detection(image, boxes) == BOX_COLOR, axis=2) & ~np.all(image == BOX_COLOR, axis=2)
+    outline = np.all(encode_detection(image, boxes, line_fraction) == BOX_COLOR, axis=2) & ~np.all(image == BOX_COLOR, axis=2)
     band = cv2.dilate(outline.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     blue = blue_mask(visual) > 0
     return {"pixels": int(image.shape[0] * image.shape[1]),
@@ -303,7 +303,8 @@ def main(model, data, tasks, limit, prompts, steps, sampler, seed, out):
                 probe = pipe(example.image, other, task=query.task, steps=steps, sampler=sampler, seed=seed)
                 totals["segmentation"].update(absent_category_counts(res.mask, probe.mask))
         elif query.task == "detection":
-            totals["detection"].update(detection_counts(res.visual, example.image, example.boxes))
+            outline = detection_counts(res.visual, example.image, example.boxes, pipe.box_line_fraction)
+            totals["detection"].update(outline)
         else:
             truth = totals["classification"].setdefault("present" if example.present else "absent", Counter())
             truth[classification_outcome(res.visual, res.colors)] += 1

@@ -26,6 +26,7 @@ from .one_pass import OnePass, one_pass_latents
 from .sampling import CONSISTENCY_SAMPLERS, SAMPLERS, lcm_scalings
 from .schedules import SPACINGS, make_schedule
 from .tasks.decoders import decode
+from .tasks.encodings import check_box_line_fraction
 from .tasks.painted import read_task
 from .tasks.routing import route
 
@@ -39,13 +40,15 @@ DEFAULTS = {"sampler": "euler_a", "steps": 100, "spacing": None, "resolution": 2
 
 class InstructCVPipeline:
     def __init__(self, backend, tokenizer, scheduler_config: dict, defaults: dict | None = None, source: str = "",
-                 random_weights: bool = False, one_pass: OnePass | None = None, caveat: str = ""):
+                 random_weights: bool = False, one_pass: OnePass | None = None, caveat: str = "",
+                 box_line_fraction: float | None = None):
         self.backend, self.tokenizer, self.scheduler_config = backend, tokenizer, scheduler_config
         self.one_pass = one_pass  # a one-pass model's mode (icv_config.json), None for a sampled model
         self.defaults = {**DEFAULTS, **(defaults or {})}
         self.source = source
         self.random_weights = random_weights  # built from configs (icv_deploy.testing): the answers mean nothing
         self.caveat = caveat  # what a trained model is known to get wrong (its icv_config.json), for pictures to say
+        self.box_line_fraction = box_line_fraction  # the width of the outlines it paints (None: the contract's 1/128)
         self.progress = True
         self._empty_embedding = None
 
@@ -74,8 +77,13 @@ class InstructCVPipeline:
             log.warning("model %s has random weights (built from configs for tests and benchmarks): its answers are "
                         "meaningless", model)
         one_pass = OnePass.from_config(config, scheduler_config, where=str(folder / "icv_config.json"))
+        try:
+            box_line_fraction = check_box_line_fraction(config.get("box_line_fraction"), str(folder / "icv_config.json"))
+        except ValueError as exc:
+            raise ModelFilesError(str(exc)) from None
         return cls(backend, tokenizer, scheduler_config, {k: v for k, v in config.items() if k in DEFAULTS}, str(model),
-                   random_weights=random_weights, one_pass=one_pass, caveat=str(config.get("caveat", "")))
+                   random_weights=random_weights, one_pass=one_pass, caveat=str(config.get("caveat", "")),
+                   box_line_fraction=box_line_fraction)
 
     # -- the four stages --------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -246,7 +254,7 @@ class InstructCVPipeline:
         for text, r, visual, original, seed in zip(instructions, routes, visuals, originals, seeds):
             if r.undecided:  # the text left the task open: read it from what the model painted
                 r = r.decided(read_task(visual, imgs.resize(original, visual.shape[:2])))
-            answer = decode(r.task, visual, r, original.shape[:2])
+            answer = decode(r.task, visual, r, original.shape[:2], box_line_fraction=self.box_line_fraction)
             record = {"steps": steps, "sampler": sampler, "spacing": spacing, "seed": seed, "guidance_scale": guidance_scale,
                       "image_guidance_scale": image_guidance_scale, "resolution": settings["resolution"],
                       "engine": self.backend.name, "vae": getattr(self.backend, "vae_kind", "full")}

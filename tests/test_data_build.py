@@ -100,6 +100,37 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, synth20):
     assert _rows(parallel) == _rows(reference)
 
 
+def test_box_width_paints_wider_outlines_and_is_recorded(tmp_path, synth20):
+    """--box-width: the same rows, each detection target's blue outline that many pixels wide (a superset of the
+    default 1 px one), and the width recorded as a fraction of the size for the models trained on it."""
+    import json
+
+    options = dict(prompts="fixed", size=64, seed=2, tasks=["detection"], progress=False)
+    thin = build([f"synth:{synth20}"], tmp_path / "thin", **options)
+    wide = build([f"synth:{synth20}"], tmp_path / "wide", box_width=3, **options)
+    assert thin["edit_prompt"] == wide["edit_prompt"] and len(wide) > 10
+    blue, counts = np.array(COLORS["blue"]), np.zeros(2)
+    for a, b in zip(thin, wide):
+        assert np.array_equal(np.asarray(a["input_image"]), np.asarray(b["input_image"]))
+        thin_blue = np.all(np.asarray(a["edited_image"]) == blue, axis=-1)
+        wide_blue = np.all(np.asarray(b["edited_image"]) == blue, axis=-1)
+        assert thin_blue.any() and not (thin_blue & ~wide_blue).any()
+        counts += thin_blue.sum(), wide_blue.sum()
+    assert 2.2 * counts[0] < counts[1] <= 3 * counts[0]  # under 3x: the outlines of small boxes fill them
+    recorded = json.loads((tmp_path / "wide" / "icv_build.json").read_text())["options"]
+    assert recorded["box_line_fraction"] == 3 / 64
+    assert "box_line_fraction" not in json.loads((tmp_path / "thin" / "icv_build.json").read_text())["options"]
+
+
+@pytest.mark.parametrize("args, words", [(["--size", "0", "--box-width", "3"], "needs --size"),
+                                         (["--size", "64", "--box-width", "7"], "not 7 at size 64"),
+                                         (["--size", "64", "--box-width", "0"], "not 0")])
+def test_box_width_bad_values_are_one_line_errors(tmp_path, synth20, args, words):
+    result = CliRunner().invoke(icv_data, ["build", "--source", f"synth:{synth20}", "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and words in result.output and result.output.count("\n") == 1, result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_balance_across_sources_and_cap(tmp_path, synth20, pets_root):  # noqa: F811
     pets, _ = pets_root
     sources = [f"synth:{synth20}", f"pets:{pets}"]

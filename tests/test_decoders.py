@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from icv_deploy.tasks.decoders import (decode, decode_classification, decode_depth, decode_detection,
+from icv_deploy.tasks.decoders import (blue_mask, decode, decode_classification, decode_depth, decode_detection,
                                        decode_segmentation)
 from icv_deploy.tasks.encodings import (COLORS, box_line_width, encode_classification, encode_depth,
                                         encode_detection, encode_segmentation)
@@ -68,11 +68,11 @@ def background(kind, size, rng):
     raise ValueError(kind)
 
 
-def random_boxes(rng, size, count, min_side=24):
+def random_boxes(rng, size, count, min_side=24, line_fraction=None):
     """Boxes whose parallel edges are at least two line widths apart (so no two outlines merge into one
     thick line, where the edges are ambiguous); they may overlap, cross and nest."""
     h, w = size
-    gap = 2 * box_line_width(h, w) + 3
+    gap = 2 * box_line_width(h, w, line_fraction) + 3
     for _ in range(10_000):
         xs, ys = np.sort(rng.integers(0, w + 1, 2 * count)), np.sort(rng.integers(0, h + 1, 2 * count))
         if count and (np.diff(xs).min() < gap or np.diff(ys).min() < gap):
@@ -270,6 +270,57 @@ def test_detection_score_reflects_broken_outlines():
     assert full == 1.0 and len(found) == 1 and iou(found[0], [30, 30, 200, 200]) == 1.0 and scores[0] < 0.97
     visual[60:190, 30:32] = image[60:190, 30:32]  # most of it: no longer a box
     assert decode_detection(visual)[0].shape == (0, 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_detection_round_trip_model_line_width(seed):
+    """A model that paints thicker outlines than the contract's 1/128 (icv_config.json box_line_fraction, the
+    demo models' 3 px at 128 px) is read with its own width, also after JPEG compression."""
+    rng = np.random.default_rng(200 + seed)
+    size, fraction = [((128, 128), 3 / 128), ((192, 320), 4 / 128), ((256, 256), 5 / 256)][seed % 3]
+    boxes = random_boxes(rng, size, int(rng.integers(1, 4)), min_side=16, line_fraction=fraction)
+    visual = encode_detection(background("textured", size, rng), boxes, fraction)
+    width = box_line_width(*size, fraction)
+    assert width >= 3 and np.all(visual[boxes[0, 1] + width - 1, boxes[0, 0]:boxes[0, 2]] == (0, 0, 255))
+    found, scores = decode_detection(visual, line_fraction=fraction)
+    assert_boxes_found(found, scores, boxes, 0.98)
+    assert np.all(scores == 1.0)
+    found, scores = decode_detection(jpeg(visual), line_fraction=fraction)
+    assert_boxes_found(found, scores, boxes, 0.9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_detection_wide_outlines_painted_pure_blue_only_in_their_middle(seed):
+    """How a one-pass model paints a 3 px outline: its middle pixel pure blue, its edges blue mixed half with the
+    picture (which the HSV threshold leaves out). The band is still covered: boxes found, each within a pixel."""
+    rng = np.random.default_rng(300 + seed)
+    fraction, image = 3 / 128, background("textured", (128, 128), rng)
+    boxes = random_boxes(rng, (128, 128), int(rng.integers(1, 3)), min_side=24, line_fraction=fraction)
+    mixed = (0.5 * image + 0.5 * encode_detection(image, boxes, fraction)).astype(np.uint8)
+    visual = encode_detection(mixed, boxes + np.array([1, 1, -1, -1]), 1 / 128)  # the middle line, 1 px
+    band = (encode_detection(np.zeros_like(image), boxes, fraction) == (0, 0, 255)).all(-1)
+    assert blue_mask(visual)[band].mean() < 0.6  # as painted, too little of the band passes as outline blue (0.75)
+    found, scores = decode_detection(visual, line_fraction=fraction)
+    assert_boxes_found(found, scores, boxes, 0.9)
+
+
+def test_decode_reads_boxes_with_the_models_line_width():
+    """decode() hands the model's outline width to the box reader: a reader of the contract's 1 px outlines reads
+    each 4 px outline at 128 px as two boxes, each a few pixels off; a reader told the width reads the boxes."""
+    boxes = np.array([[10, 12, 70, 60], [80, 70, 120, 118]])
+    visual = encode_detection(background("textured", (128, 128), np.random.default_rng(9)), boxes, 4 / 128)
+    assert len(decode("detection", visual)["boxes"]) == 4
+    found = decode("detection", visual, box_line_fraction=4 / 128)
+    assert_boxes_found(found["boxes"], found["scores"], boxes, 0.98)
+
+
+@pytest.mark.parametrize("bad", [0, -0.01, 0.5, "3px", True, [1]])
+def test_box_line_fraction_checked(bad):
+    from icv_deploy.tasks.encodings import check_box_line_fraction
+
+    with pytest.raises(ValueError, match="box_line_fraction"):
+        check_box_line_fraction(bad, "icv_config.json")
+    assert check_box_line_fraction(3 / 128, "x") == 3 / 128 and check_box_line_fraction(None, "x") is None
 
 
 # --- decode(): the Result fields ------------------------------------------------------------------------------

@@ -12,15 +12,23 @@ import pytest
 from click.testing import CliRunner
 
 
+class Calls(list):
+    def __init__(self):
+        super().__init__()
+        self.data = {}
+
+
 @pytest.fixture
 def trained(monkeypatch, tmp_path):
-    """train() recorded instead of run: (config, base_model, output) per call; each 'trains' OUTPUT/model."""
+    """train() recorded instead of run: (output, base_model, max_steps) per call, and calls.data: the data folder's
+    name per output; each 'trains' OUTPUT/model."""
     from icv_deploy.training import build as build_module, demo_recipe, train as train_module
 
-    calls = []
+    calls = Calls()
 
     def fake_train(cfg, resume=None):
         calls.append((Path(cfg.output).name, cfg.base_model, cfg.max_steps))
+        calls.data[Path(cfg.output).name] = Path(cfg.data).name
         return SimpleNamespace(model_dir=Path(cfg.output) / "model")
 
     def fake_build(sources, out, **options):  # stage 10's datasets: the options recorded as a call of their own
@@ -55,11 +63,19 @@ def test_whole_recipe_runs_every_stage_in_order_each_from_the_last(trained, auto
     assert autoencoder_stages == ["demo-vae", "demo-vae-decoder", "demo-vae-outlines", "demo-vae-boxes"]
     assert [(output, base) for output, base, _ in calls] == [
         ("unet", "random"), ("masks", str(tmp_path / "unet" / "model")), ("answers", str(tmp_path / "masks" / "model")),
-        ("phrasings", str(tmp_path / "answers" / "model")), ("one-step", str(tmp_path / "phrasings" / "model")),
-        ("one-step-masks", str(tmp_path / "one-step" / "model"))]
-    # the sampled model is installed after its stage 7 (masks, answers, phrasings), the one-pass model after its own
-    assert [(model, name) for model, name, _ in installed] == [(tmp_path / "phrasings" / "model", "demo"),
-                                                               (tmp_path / "one-step-masks" / "model", "demo-1step")]
+        ("phrasings", str(tmp_path / "answers" / "model")), ("wide-outlines", str(tmp_path / "phrasings" / "model")),
+        ("one-step", str(tmp_path / "wide-outlines" / "model")),
+        ("one-step-masks", str(tmp_path / "one-step" / "model")),
+        ("one-step-wide-outlines", str(tmp_path / "one-step-masks" / "model")),
+        ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"))]
+    # the last run of each stage trains on the 3 px outlines of WORK/data-wide, the others on WORK/data
+    assert {run for run, data in calls.data.items() if data == "data-wide"} == {
+        "wide-outlines", "one-step-wide-outlines", "one-step-wide-outlines-2"}
+    assert set(calls.data.values()) == {"data", "data-wide"}
+    # the sampled model is installed after its stage 7 (masks, answers, phrasings, wide outlines), the one-pass model
+    # after its own
+    assert [(model, name) for model, name, _ in installed] == [
+        (tmp_path / "wide-outlines" / "model", "demo"), (tmp_path / "one-step-wide-outlines-2" / "model", "demo-1step")]
 
 
 def yes_no_calls(work: Path, base) -> list[tuple]:
@@ -84,9 +100,10 @@ def test_mask_stage_reuses_the_unet_stages_latents_and_keeps_its_own(trained, au
     copied = tmp_path / "masks" / "latent-cache" / "latents.safetensors"
     assert copied.read_bytes() == b"stage 6"
     assert copied.stat().st_ino == stage_6.stat().st_ino  # one file on disk, not a second 800 MB
-    # the answers and phrasings runs train on the same latents
+    # the answers and phrasings runs train on the same latents, the wide-outlines run (other targets) on its own
     for run in ("answers", "phrasings"):
         assert (tmp_path / run / "latent-cache" / "latents.safetensors").stat().st_ino == stage_6.stat().st_ino
+    assert not (tmp_path / "wide-outlines" / "latent-cache").exists()
     rebuilt = copied.with_suffix(".new")  # e.g. rebuilt because the key did not match: replaced whole, as
     rebuilt.write_bytes(b"stage 7's own")  # load_or_build_cache writes it; a rerun keeps it
     os.replace(rebuilt, copied)
@@ -102,9 +119,10 @@ def test_stage_7_alone_starts_from_the_bundled_demo_and_installs_it(trained, tmp
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "7", "--install"])
     assert result.exit_code == 0, result.output
     assert calls == [("masks", "demo", 800), ("answers", str(tmp_path / "masks" / "model"), 300),
-                     ("phrasings", str(tmp_path / "answers" / "model"), 300)]
+                     ("phrasings", str(tmp_path / "answers" / "model"), 300),
+                     ("wide-outlines", str(tmp_path / "phrasings" / "model"), 600)]
     [(model, name, extra)] = installed
-    assert model == tmp_path / "phrasings" / "model" and name == "demo"
+    assert model == tmp_path / "wide-outlines" / "model" and name == "demo"
     assert "--stage 7" in extra["trained_with"]
 
 
@@ -126,7 +144,9 @@ def test_one_step_only_runs_stages_8_and_9_each_from_the_last(trained, tmp_path)
     calls, installed = trained
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--one-step-only"])
     assert result.exit_code == 0, result.output
-    assert calls == [("one-step", "demo", 1200), ("one-step-masks", str(tmp_path / "one-step" / "model"), 800)]
+    assert calls == [("one-step", "demo", 1200), ("one-step-masks", str(tmp_path / "one-step" / "model"), 800),
+                     ("one-step-wide-outlines", str(tmp_path / "one-step-masks" / "model"), 800),
+                     ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"), 400)]
     assert installed == []  # no --install, nothing replaced
 
 
@@ -148,13 +168,16 @@ def test_stage_9_alone_starts_from_the_bundled_one_pass_model_and_installs_it(tr
     calls, installed = trained
     result = CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "9", "--install"])
     assert result.exit_code == 0, result.output
-    assert calls == [("one-step-masks", "demo-1step", 800)]
+    assert calls == [("one-step-masks", "demo-1step", 800),
+                     ("one-step-wide-outlines", str(tmp_path / "one-step-masks" / "model"), 800),
+                     ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"), 400)]
     [(model, name, extra)] = installed
-    assert model == tmp_path / "one-step-masks" / "model" and name == "demo-1step"
+    assert model == tmp_path / "one-step-wide-outlines-2" / "model" and name == "demo-1step"
     assert "--stage 9" in extra["trained_with"]
 
 
-@pytest.mark.parametrize("name", ["demo-1step", "demo-1step-masks", "demo-1step-yes-no", "demo-1step-yes-no-card"])
+@pytest.mark.parametrize("name", ["demo-1step", "demo-1step-masks", "demo-1step-wide-outlines", "demo-1step-wide-outlines-2",
+                                  "demo-1step-yes-no", "demo-1step-yes-no-card"])
 def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     from icv_deploy.training.config import load_config
     from icv_deploy.training.objectives import objective_settings
@@ -163,11 +186,12 @@ def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     scheduler = {"num_train_timesteps": 1000, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
     mode, decoded = objective_settings(cfg, scheduler)
     assert mode.timestep == 999 and decoded.weight > 0
-    assert (decoded.mask_weight > 0) == (name in ("demo-1step-masks", "demo-1step-yes-no-card"))
+    assert (decoded.mask_weight > 0) == (name in ("demo-1step-masks", "demo-1step-yes-no-card") or "wide" in name)
+    assert (decoded.box_weight > 0) == ("wide" in name)  # the outline term only where the outlines are 3 px
     assert decoded.color_weight == 0  # the curriculum's grown answers are not one colour; the card phase keeps it off
 
 
-@pytest.mark.parametrize("name", ["demo-masks", "demo-answers", "demo-phrasings"])
+@pytest.mark.parametrize("name", ["demo-masks", "demo-answers", "demo-phrasings", "demo-wide-outlines"])
 def test_shipped_mask_stage_configs_keep_the_demos_sampler_and_train_only_their_decoded_terms(name):
     from icv_deploy.training.config import load_config
     from icv_deploy.training.objectives import objective_settings
@@ -177,7 +201,7 @@ def test_shipped_mask_stage_configs_keep_the_demos_sampler_and_train_only_their_
     assert mode is None and cfg.objective == "instruct_pix2pix"  # still the sampled model
     assert decoded.active and decoded.mask_weight > 0 and decoded.weight == 0
     assert (decoded.color_weight > 0) == (name != "demo-masks")
-    assert bool(cfg.rephrase) == (name == "demo-phrasings")
+    assert bool(cfg.rephrase) == (name in ("demo-phrasings", "demo-wide-outlines"))
     assert cfg.scene_recognition == demo.scene_recognition  # stage 6's recognition terms kept
     assert cfg.cache_latents and cfg.resolution == demo.resolution
     assert cfg.runtime == demo.runtime  # its icv_config.json keeps the default setting the model card measures

@@ -48,3 +48,19 @@ def test_tiny_model_folder_is_valid_and_reports_its_scale_factor(tiny_model, tin
 def test_folder_without_model_index(tmp_path):
     with pytest.raises(ModelFilesError, match="model_index.json"):
         check_diffusers_folder(tmp_path)
+
+
+@pytest.mark.parametrize("value", [0.5, "3px", -1])
+def test_a_bad_box_line_fraction_is_refused_when_loading(tiny_model, tmp_path, value):
+    """icv_config.json box_line_fraction (the width of the outlines the model paints) is checked at load time, not
+    when the first detection answer is read."""
+    import json
+    import shutil
+
+    import icv_deploy
+    from icv_deploy.model_files import model_config
+
+    folder = shutil.copytree(tiny_model, tmp_path / "m")
+    (folder / "icv_config.json").write_text(json.dumps({**model_config(tiny_model), "box_line_fraction": value}))
+    with pytest.raises(ModelFilesError, match=f"icv_config.json: box_line_fraction must be a number in .*{value!r}"):
+        icv_deploy.load(folder)

@@ -233,6 +233,23 @@ def test_a_swapped_autoencoder_is_the_one_the_trained_model_carries(data_dir, ti
             assert not torch.equal(weight, old), name
 
 
+def test_the_trained_model_reads_boxes_as_its_data_painted_them(data_dir, tiny_model, tmp_path, one_thread):
+    """A build with wider outlines (`icv-data build --box-width`, icv_build.json box_line_fraction) makes a model whose
+    icv_config.json says so, and the runtime reads its boxes with that width; other data leaves the contract's."""
+    import icv_deploy
+
+    wide = tmp_path / "data"
+    shutil.copytree(data_dir, wide)
+    (wide / "icv_build.json").write_text(json.dumps({"options": {"box_line_fraction": 3 / 128}}))
+    settings = dict(base_model=str(tiny_model), max_steps=1, checkpoint_every=0, validation_every=0, use_ema=False)
+    run_in_process(data=str(wide), output=str(tmp_path / "wide"), **settings)
+    run_in_process(data=str(data_dir), output=str(tmp_path / "plain"), **settings)
+    assert json.loads((tmp_path / "wide" / "model" / "icv_config.json").read_text())["box_line_fraction"] == 3 / 128
+    assert "box_line_fraction" not in json.loads((tmp_path / "plain" / "model" / "icv_config.json").read_text())
+    assert icv_deploy.load(tmp_path / "wide" / "model").box_line_fraction == 3 / 128
+    assert icv_deploy.load(tmp_path / "plain" / "model").box_line_fraction is None
+
+
 def test_the_text_encoder_trains_at_its_own_rate_on_rephrased_instructions(data_dir, tiny_model, tmp_path, one_thread):
     """`text_encoder_learning_rate` is the text encoder's alone, and `rephrase` (every instruction drawn from the
     phrasing grammar) trains end to end on cached latents."""

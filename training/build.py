@@ -120,13 +120,14 @@ def _png(image: np.ndarray) -> dict:
 
 
 def _write_shard(entries: list[dict], adapters, size: int, folder: Path, progress=None,
-                 yes_radius: int | None = None) -> int:
+                 yes_radius: int | None = None, line_fraction: float | None = None) -> int:
     import datasets
 
     rows = {c: [] for c in COLUMNS}
     for entry in entries:
         ref = ExampleRef(**{k: entry[k] for k in ("source", "image_id", "task", "category", "key", "present")})
-        pair = make_pair(adapters[entry["source_index"]].load(ref), size, entry["color1"], entry["color2"], yes_radius)
+        pair = make_pair(adapters[entry["source_index"]].load(ref), size, entry["color1"], entry["color2"], yes_radius,
+                         line_fraction)
         if progress is not None:
             progress.update(1)
         if pair is None:
@@ -153,8 +154,8 @@ def _init_worker(specs) -> None:
 
 
 def _shard_job(job) -> int:
-    entries, size, folder, yes_radius = job
-    return _write_shard(entries, _worker_adapters, size, Path(folder), yes_radius=yes_radius)
+    entries, size, folder, yes_radius, line_fraction = job
+    return _write_shard(entries, _worker_adapters, size, Path(folder), yes_radius=yes_radius, line_fraction=line_fraction)
 
 
 def _fingerprint(options: dict, pool: dict | None) -> str:
@@ -166,11 +167,14 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
           max_per_source: int | None = None, seed: int = 0, size: int = 256, balance: bool = True,
           shard_size: int = 256, pool_file: str | Path | None = None, tasks=None, overwrite: bool = False,
           restart: bool = False, keep_work: bool = False, progress: bool = True, workers: int = 1,
-          stop_after_shards: int | None = None, yes_radius: int | None = None, colors: tuple[str, str] | None = None):
+          stop_after_shards: int | None = None, yes_radius: int | None = None, colors: tuple[str, str] | None = None,
+          box_width: int | None = None):
     """Build the dataset into `out` and return it (a `datasets.Dataset`). `yes_radius`: present classification
     targets as the category's mask grown by that many pixels (training/yes_no_curriculum.py); the plan, and so
     every row's instruction, is the same as without it. `colors`: every classification instruction names this pair
-    (present, absent) instead of one drawn per example. `stop_after_shards` is a test hook."""
+    (present, absent) instead of one drawn per example. `box_width`: detection outlines this many pixels wide at
+    `size` (default: box_line_width's 1/128 of the long side); the build records it as `box_line_fraction`, which
+    icv-train copies into the models it trains. `stop_after_shards` is a test hook."""
     import datasets
     from tqdm import tqdm
 
@@ -180,6 +184,10 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
         raise IcvError(f"--size must be 0 (native) or at least 8, not {size}")
     if yes_radius is not None and yes_radius < 0:
         raise IcvError(f"--yes-radius must be at least 0, not {yes_radius}")
+    if box_width is not None and not (size and 1 <= box_width <= size // 10):
+        raise IcvError(f"--box-width needs --size (the outline is that many pixels at SIZE) and must be between 1 and "
+                       f"a tenth of it, not {box_width} at size {size}")
+    line_fraction = box_width / size if box_width is not None else None
     if colors is not None:
         colors = tuple(colors)
         unknown = [c for c in colors if c not in CLASSIFICATION_COLORS]
@@ -200,6 +208,8 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
         options["yes_radius"] = yes_radius
     if colors is not None:
         options["colors"] = list(colors)
+    if line_fraction is not None:
+        options["box_line_fraction"] = line_fraction
     fingerprint = _fingerprint(options, pool)
     if out.exists() and any(out.iterdir()) and not overwrite:
         done = out / "icv_build.json"
@@ -230,13 +240,13 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
 
             specs = [(kind, root, own_split or split) for kind, root, own_split in specs]
             with ProcessPoolExecutor(min(workers, len(pending)), initializer=_init_worker, initargs=(specs,)) as pool:
-                for n in pool.map(_shard_job, [(chunk, size, str(folder), yes_radius) for chunk, folder in pending]):
+                for n in pool.map(_shard_job, [(chunk, size, str(folder), yes_radius, line_fraction) for chunk, folder in pending]):
                     bar.update(n)
         else:
             for written, (chunk, folder) in enumerate(pending):
                 if stop_after_shards is not None and written >= stop_after_shards:
                     raise BuildInterrupted(f"stopped after {written} shards (test hook)")
-                _write_shard(chunk, adapters, size, folder, bar, yes_radius)
+                _write_shard(chunk, adapters, size, folder, bar, yes_radius, line_fraction)
 
     parts = [datasets.load_from_disk(str(d)) for d in shard_dirs]
     dataset = datasets.concatenate_datasets(parts) if parts else datasets.Dataset.from_dict({c: [] for c in COLUMNS}, features=features())

@@ -68,10 +68,14 @@ def synth(out, num, seed, size):
 @click.option("--colors", default=None, metavar="FIRST,SECOND",
               help="Every classification instruction names this colour pair (shown if present, if absent) instead of "
                    "one drawn per example, e.g. blue,black.")
+@click.option("--box-width", type=int, default=None, metavar="PIXELS",
+              help="Detection outlines this many pixels wide at --size (default: about 1/128 of the long side). "
+                   "Models trained on the build record it (icv_config.json box_line_fraction) and the runtime reads "
+                   "their boxes with it.")
 @debug_option
 @one_line_errors
 def build(sources, out, prompts, split, max_per_source, seed, size, tasks, no_balance, pool_file, shard_size, workers,
-          overwrite, restart, yes_radius, colors):
+          overwrite, restart, yes_radius, colors, box_width):
     """Materialise the paired dataset as a Hugging Face `datasets` folder.
 
     Columns: input_image, edit_prompt, edited_image (the visual target), task, category, source, image_id.
@@ -86,7 +90,7 @@ def build(sources, out, prompts, split, max_per_source, seed, size, tasks, no_ba
     dataset = run_build(list(sources), out, prompts=prompts, split=split, max_per_source=max_per_source, seed=seed,
                         size=size, balance=not no_balance, shard_size=shard_size, pool_file=pool_file,
                         tasks=list(tasks) or None, overwrite=overwrite, restart=restart, workers=workers,
-                        yes_radius=yes_radius, colors=colors.split(",") if colors else None)
+                        yes_radius=yes_radius, colors=colors.split(",") if colors else None, box_width=box_width)
     Console().print(summary_table(dataset))
     click.echo(f"dataset written to {out}")
 

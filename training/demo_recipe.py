@@ -4,7 +4,8 @@
 
 Every stage is the project's own tool, and every stage resumes: rerun the same command after a crash.
     1. scenes     icv-data synth  --seed 0 --num 4000 --size 128        (ground truth exact by construction)
-    2. data       icv-data build  --prompts rephrased --size 128         (all four tasks, balanced)
+    2. data       icv-data build  --prompts rephrased --size 128         (all four tasks, balanced), and the same
+                                  with --box-width 3 (WORK/data-wide)    with detection outlines 3 px wide
     3. vae        icv-train-vae   --config demo-vae                      (AutoencoderKL, scale factor 4)
     4. decoder    icv-train-vae   --config demo-vae-decoder              (its decoder alone: outlines, colours)
     5. outlines   icv-train-vae   --config demo-vae-outlines             (the decoder again, heavier outline weight)
@@ -16,10 +17,13 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
        answers    icv-train       --config demo-answers                  (then with a yes/no colour loss too)
        phrasings  icv-train       --config demo-phrasings                (then half the instructions from the
                                                                           phrasing grammar: training/prompts/)
+       wide       icv-train       --config demo-wide-outlines            (then on WORK/data-wide: 3 px outlines)
        install    the model folder into icv_deploy/assets/demo           (with --install; weights stored as fp16)
     8. one-step   icv-train       --config demo-1step                    (with --one-step: the one-pass demo-1step,
                                                                           fine-tuned from stage 7's model)
     9. masks      icv-train       --config demo-1step-masks              (stage 8's model again, with a mask loss)
+       wide       icv-train       --config demo-1step-wide-outlines      (then on WORK/data-wide, with an outline
+                  icv-train       --config demo-1step-wide-outlines-2     loss, and 400 steps more)
    10. yes/no     (an experiment, `--stage 10` only; its result was not shipped) icv-data build --task classification
                   --colors blue,black --yes-radius R, then icv-train --config demo-1step-yes-no, for R = 0, 8, 24, 56,
                   96 and the solid card (yes/no answers taught through the mask, training/yes_no_curriculum.py), then
@@ -52,6 +56,10 @@ from icv_deploy.errors import IcvError
 
 ASSETS = Path(__file__).resolve().parent.parent / "icv_deploy" / "assets"
 SCENES, SIZE, SEED = 4000, 128, 0
+# The last runs of stages 7 and 9 train on detection outlines 3 px wide at 128 px (WORK/data-wide), not the contract's
+# 1 px: a 1 px line is a quarter of the autoencoder's 4 x 4 pixel cell, and a one-pass answer unsure of its place by a
+# pixel paints it a third as blue (docs/DESIGN.md 6). The models record the width (icv_config.json box_line_fraction).
+BOX_WIDTH = 3
 # Stored in fp16 to fit the package budget (25 MB); diffusers and transformers load them into fp32 modules (the text
 # encoder's config.json says dtype float32, which transformers' from_pretrained follows).
 FP16_PARTS = ("unet", "vae", "text_encoder")
@@ -99,14 +107,17 @@ def install(model: Path, name: str, extra_config: dict) -> Path:
 
 
 def prepare_data(work: Path) -> Path:
-    """Stages 1 and 2: WORK/synth (scenes) and WORK/data (the training examples); returns WORK."""
+    """Stages 1 and 2: WORK/synth (scenes), WORK/data (the training examples) and WORK/data-wide (the same, detection
+    outlines BOX_WIDTH pixels wide); returns WORK."""
     from .build import build
     from .synthetic import write_scenes
 
-    scenes, data = work / "synth", work / "data"
+    scenes = work / "synth"
     write_scenes(scenes, SCENES, seed=SEED, size=SIZE)
-    if not (data / "dataset_info.json").exists():  # a finished build; an unfinished one resumes
-        build([f"synth:{scenes}"], data, prompts="rephrased", seed=SEED, size=SIZE, workers=2)
+    # an unfinished build resumes, a finished one with these options is kept, one with others is an error
+    for folder, box_width in (("data", None), ("data-wide", BOX_WIDTH)):
+        build([f"synth:{scenes}"], work / folder, prompts="rephrased", seed=SEED, size=SIZE, workers=2,
+              box_width=box_width)
     return work
 
 
@@ -137,31 +148,34 @@ def run_recipe(work: Path, install_as: str | None, one_step: bool = False) -> Pa
     return model
 
 
-# Stage 7's runs: (config, output folder under WORK)
-MASK_STAGES = (("demo-masks", "masks"), ("demo-answers", "answers"), ("demo-phrasings", "phrasings"))
+# Stage 7's runs: (config, output folder under WORK, data folder under WORK)
+MASK_STAGES = (("demo-masks", "masks", "data"), ("demo-answers", "answers", "data"),
+               ("demo-phrasings", "phrasings", "data"), ("demo-wide-outlines", "wide-outlines", "data-wide"))
 
 
 def run_masks(work: Path, base: Path | str, install_as: str | None, precision: str, latents: Path | None = None,
               how: str = "") -> Path:
     """Stage 7: the sampled demo fine-tuned with the decoded mask loss (training/configs/demo-masks.yaml), then with
     the decoded answer-colour loss too (demo-answers.yaml), then with half its instructions from the phrasing grammar
-    (demo-phrasings.yaml). `latents`: a latent cache made with the same autoencoder and data (stage 6's), linked
-    rather than encoded again (load_or_build_cache checks its key and rebuilds it if it does not match); each later
-    run links the one before's."""
+    (demo-phrasings.yaml), then on 3 px outlines (demo-wide-outlines.yaml). `latents`: a latent cache made with the
+    same autoencoder and data (stage 6's), linked rather than encoded again (load_or_build_cache checks its key and
+    rebuilds it if it does not match); each later run on the same data links the one before's."""
     from .config import load_config
     from .latent_cache import CACHE_FILE
     from .train import train
 
-    model = base
-    for config, folder in MASK_STAGES:
+    model, data_before = base, "data"
+    for config, folder, data in MASK_STAGES:
         output = work / folder
+        if data != data_before:
+            latents = None  # other targets: encoded anew
         cached, copy = (latents / CACHE_FILE if latents else None), output / "latent-cache" / CACHE_FILE
         if cached is not None and cached.exists() and not copy.exists():
             share_file(cached, copy)
-        cfg = load_config(config, {"data": str(work / "data"), "output": str(output), "base_model": str(model),
+        cfg = load_config(config, {"data": str(work / data), "output": str(output), "base_model": str(model),
                                    "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
-        latents = output / "latent-cache"
+        latents, data_before = output / "latent-cache", data
     if install_as:
         model = install(model, install_as, {"trained_with": f"training/demo_recipe.py{how}", "mixed_precision": precision})
     return model
@@ -180,8 +194,10 @@ def share_file(source: Path, target: Path) -> None:
             shutil.copy2(source, tmp)
 
 
-# The one-pass stages: (number, config, output folder under WORK)
-ONE_STEP_STAGES = ((8, "demo-1step", "one-step"), (9, "demo-1step-masks", "one-step-masks"))
+# The one-pass stages: (number, config, output folder under WORK, data folder under WORK)
+ONE_STEP_STAGES = ((8, "demo-1step", "one-step", "data"), (9, "demo-1step-masks", "one-step-masks", "data"),
+                   (9, "demo-1step-wide-outlines", "one-step-wide-outlines", "data-wide"),
+                   (9, "demo-1step-wide-outlines-2", "one-step-wide-outlines-2", "data-wide"))
 # Stage 10, an experiment that only `--stage 10` runs (it is no part of the shipped models): its curriculum, before its
 # last run (demo-1step-yes-no-card), as (radius in pixels the "present" answer grows the mask by, None for the solid
 # card; steps). Its instructions are the paper's template in one colour pair: with a colour pair drawn per example
@@ -197,16 +213,17 @@ YES_NO_COLORS = ("blue", "black")
 def run_one_step(work: Path, base: Path | str, install_as: str | None, precision: str, only: int | None = None,
                  on: str | None = None) -> Path:
     """Stages 8 and 9: fine-tune a demo model into the one-pass `demo-1step` (training/configs/demo-1step.yaml), then
-    with the mask loss (demo-1step-masks.yaml); `only`: that stage alone, `base` being the one-pass model of the stage
-    before; only = YES_NO_STAGE: the yes/no experiment (run_yes_no)."""
+    with the mask loss (demo-1step-masks.yaml), then on 3 px outlines with an outline loss (demo-1step-wide-outlines
+    and -2); `only`: that stage alone, `base` being the one-pass model of the stage before; only = YES_NO_STAGE: the
+    yes/no experiment (run_yes_no)."""
     from .config import load_config
     from .train import train
 
     model = run_yes_no(work, base, precision) if only == YES_NO_STAGE else base
-    for number, config, output in ONE_STEP_STAGES:
+    for number, config, output, data in ONE_STEP_STAGES:
         if only is not None and number != only:
             continue
-        cfg = load_config(config, {"data": str(work / "data"), "output": str(work / output),
+        cfg = load_config(config, {"data": str(work / data), "output": str(work / output),
                                    "base_model": str(model), "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
     if install_as:
@@ -248,10 +265,10 @@ def run_yes_no(work: Path, base: Path | str, precision: str) -> Path:
 @click.option("--one-step", is_flag=True,
               help="Then fine-tune it into the one-pass model (stages 8 and 9, demo-1step; with --install, replace that too).")
 @click.option("--one-step-only", is_flag=True,
-              help="Only stages 8 and 9, from the bundled demo model (needs WORK/data from stage 2, which it builds if "
+              help="Only stages 8 and 9, from the bundled demo model (needs WORK/data and WORK/data-wide from stage 2, which it builds if "
                    "missing).")
 @click.option("--stage", type=click.Choice(["7", "9", "10"]), default=None,
-              help="Only this fine-tuning stage: 7 (masks, answers, then phrasings) from the bundled demo model, 9 "
+              help="Only this fine-tuning stage: 7 (masks, answers, phrasings, then wide outlines) from the bundled demo model, 9 "
                    "from the bundled demo-1step, 10 (the yes/no experiment; not shipped) from it too.")
 @click.option("--base", default=None, metavar="MODEL",
               help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "

@@ -149,15 +149,16 @@ def read_records(out: Path) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------- example pictures
 EXAMPLE_COLUMNS = ("input", "model output", "answer", "target")
 
-def save_example_picture(folder: Path, query: Query, example: Example, res) -> None:
+def save_example_picture(folder: Path, query: Query, example: Example, res, box_line_fraction: float | None = None) -> None:
     """input | model output v(y) | overlay | target v(y), side by side under their labels, the instruction below,
-    enlarged to at least 256 pixels high so that a 128-pixel model's output can be read."""
+    enlarged to at least 256 pixels high so that a 128-pixel model's output can be read. `box_line_fraction`: the
+    model's outline width, for the detection target."""
     image = example.image
     h, w = image.shape[:2]
     if query.task == "segmentation":
         target = encode_segmentation(example.mask)
     elif query.task == "detection":
-        target = encode_detection(image, example.boxes)
+        target = encode_detection(image, example.boxes, box_line_fraction)
     elif query.task == "depth":
         target = encode_depth(example.depth)
     else:
@@ -268,7 +269,7 @@ def evaluate(model: str, data: list[str], out: str | Path, engine: str = "torch"
                 seconds = (time.perf_counter() - t0) / len(group)
                 for q, ex, res in zip(group, loaded, results):
                     if q.key in pictured:  # before the record: a query on record has its picture
-                        save_example_picture(out / "examples" / q.task, q, ex, res)
+                        save_example_picture(out / "examples" / q.task, q, ex, res, pipe.box_line_fraction)
                     log.append({**score(q, ex, res), "seconds": round(seconds, 4),
                                 "random_weights": bool(getattr(pipe, "random_weights", False))})
                 bar.update(len(group))

@@ -73,10 +73,11 @@ def resized(example: Example, size: int) -> Example:
 
 
 def make_pair(example: Example, size: int, color1: str | None = None, color2: str | None = None,
-              yes_radius: int | None = None):
+              yes_radius: int | None = None, line_fraction: float | None = None):
     """(input image, target image), both uint8 HxWx3 RGB of the same size, or None when nothing is left to show.
     `yes_radius` (training/yes_no_curriculum.py): a present classification example whose source gives the
-    category's mask is painted as that mask grown by this many pixels instead of the solid card."""
+    category's mask is painted as that mask grown by this many pixels instead of the solid card. `line_fraction`: the
+    detection outlines' width (encodings.box_line_width)."""
     example = resized(example, size)
     image = np.ascontiguousarray(example.image)
     if example.task == "segmentation":
@@ -86,7 +87,7 @@ def make_pair(example: Example, size: int, color1: str | None = None, color2: st
     elif example.task == "detection":
         if len(example.boxes) == 0:
             return None
-        target = encode_detection(image, example.boxes)
+        target = encode_detection(image, example.boxes, line_fraction)
     elif example.task == "depth":
         target = encode_depth(example.depth)
     elif example.task == "classification" and yes_radius is not None and example.present and example.mask is not None:

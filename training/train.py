@@ -343,6 +343,7 @@ def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, 
 
     from icv_deploy.atomic import atomic_dir, write_json
 
+    from .train_data import painted_settings
     from .train_validation import build_pipeline
 
     final = Path(cfg.output) / "model"
@@ -369,7 +370,8 @@ def save_final_model(accelerator, cfg: TrainConfig, models, unet, text_encoder, 
 
                 runtime = {k: v for k, v in runtime.items() if k == "resolution" or k not in DEFAULTS}
                 mode = one_pass.to_json()
-            write_json(tmp / "icv_config.json", {"resolution": cfg.resolution, **runtime, **mode, "trained_steps": step,
+            write_json(tmp / "icv_config.json", {"resolution": cfg.resolution, **runtime, **mode,
+                                                 **painted_settings(cfg.data), "trained_steps": step,
                                                  "base_model": cfg.base_model,
                                                  "ema_weights": bool(ema is not None and cfg.save_ema_weights)})
         accelerator.print(f"saved the model to {final}")

@@ -6,13 +6,17 @@ so the two cannot drift apart. All images are HxWx3 uint8 RGB.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 TASKS = ("segmentation", "detection", "depth", "classification")
 
 # Pure blue outlines: the released InstructCV checkpoint was trained on blue detection boxes.
 BOX_COLOR = (0, 0, 255)
+# Outline width as a fraction of the long side (2 px at 256, 4 px at 512). A model trained with other outlines names
+# its own fraction in icv_config.json (`box_line_fraction`): the demo models paint 3 px at 128 px, because a 1 px line
+# is a quarter of the autoencoder's 4 x 4 pixel cell and a one-pass prediction that is unsure of it by a pixel paints
+# it a third as blue (docs/DESIGN.md 6).
+BOX_LINE_FRACTION = 1 / 128
 # Depth is painted as grey = round(depth_m / DEPTH_MAX_M * 255), the same in all three channels.
 DEPTH_MAX_M = 10.0
 
@@ -35,9 +39,18 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 
-def box_line_width(height: int, width: int) -> int:
-    """Outline width: about 1/128 of the long side, at least 1 pixel."""
-    return max(1, int(round(max(height, width) / 128)))
+def box_line_width(height: int, width: int, fraction: float | None = None) -> int:
+    """Outline width in pixels: `fraction` of the long side (None: BOX_LINE_FRACTION), at least 1 pixel."""
+    return max(1, int(round(max(height, width) * (BOX_LINE_FRACTION if fraction is None else fraction))))
+
+
+def check_box_line_fraction(fraction, where: str) -> float | None:
+    """`fraction` as a float (None stays None), or ValueError naming `where` (a model's config, a build option)."""
+    if fraction is None:
+        return None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.1:
+        raise ValueError(f"{where}: box_line_fraction must be a number in (0, 0.1], not {fraction!r}")
+    return float(fraction)
 
 
 def encode_segmentation(mask: np.ndarray) -> np.ndarray:
@@ -46,15 +59,16 @@ def encode_segmentation(mask: np.ndarray) -> np.ndarray:
     return np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def encode_detection(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def encode_detection(image: np.ndarray, boxes: np.ndarray, line_fraction: float | None = None) -> np.ndarray:
     """The input image with a pure blue outline box around each instance.
 
     `boxes` are (x0, y0, x1, y1) in pixels, x1/y1 exclusive (COCO-style x + w). The outline is drawn inside
-    the box, so the decoded box (outer edge of the outline) is the annotated one.
+    the box, so the decoded box (outer edge of the outline) is the annotated one; `line_fraction`: its width
+    (box_line_width).
     """
     out = np.ascontiguousarray(image, dtype=np.uint8).copy()
     h, w = out.shape[:2]
-    lw = box_line_width(h, w)
+    lw = box_line_width(h, w, line_fraction)
     for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
         x0, y0 = int(np.clip(round(x0), 0, w - 1)), int(np.clip(round(y0), 0, h - 1))
         x1, y1 = int(np.clip(round(x1), x0 + 1, w)), int(np.clip(round(y1), y0 + 1, h))
