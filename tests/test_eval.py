@@ -41,6 +41,7 @@ class OraclePipe:
         for ex in open_source("synth", synth_dir).examples():
             self.truth[(_digest(ex.image), ex.task, ex.category)] = ex
         self.calls, self.progress = [], True
+        self.box_line_fraction = None  # the pipeline's: the width of the outlines it paints (the contract's 1/128)
 
     def __call__(self, image, instruction, task=None, **settings):
         self.calls.append(("call", 1))
