@@ -29,14 +29,14 @@ Every stage is the project's own tool, and every stage resumes: rerun the same c
                   96 and the solid card (yes/no answers taught through the mask, training/yes_no_curriculum.py), then
                   icv-train --config demo-1step-yes-no-card (every task, phrasing and colour pair, the solid card)
 `--one-step-only --install` runs stages 8 and 9 alone from the bundled demo model; `--stage 7 --install` runs stage 7
-(its three runs) alone from the bundled demo, `--stage 9 --install` stage 9 alone from the bundled demo-1step. How the
-shipped models were made: the demo's stages 1-5 on 2026-11-30, its stages 5b to 7 on 2026-12-02 (on a 2-core AMD
-EPYC with AVX-512 BF16, bf16 autocast, 1 h 31 min); demo-1step's stage 8 on 2026-11-30 from the stage-6 model of then
-(2,000 steps without the recognition terms, on the autoencoder of stages 3-5), its stage 9 on 2026-12-01.
-Status: the shipped demo follows instructions for depth (held-out AbsRel 0.122) and roughly for segmentation (mIoU
-0.45); classification is at chance (0.57) and detection has begun (its autoencoder keeps the outlines; 3 boxes in
-150 queries, mAP@0.5 0.03; icv_deploy/assets/demo/MODEL_CARD.md). The shipped demo-1step (stage 8 44 min, stage 9
-36 min more) reaches mIoU 0.37 and AbsRel 0.107 in one pass.
+(its four runs) alone from the bundled demo, `--stage 9 --install` stage 9 (its three runs) alone from the bundled
+demo-1step. How the shipped models were made: the demo's stages 1-5 on 2026-11-30, its stages 5b to 7's phrasings run
+on 2026-12-02 (on a 2-core AMD EPYC with AVX-512 BF16, bf16 autocast, 1 h 31 min), its wide-outlines run on
+2026-12-03 (25 min); demo-1step's stages 8 and 9's masks run on 2026-12-03 morning from the demo of 2026-12-02, its two
+wide-outline runs that afternoon (43 min).
+Status (held-out, icv_deploy/assets/*/MODEL_CARD.md): the shipped demo follows instructions for depth (AbsRel 0.114)
+and roughly for segmentation (mIoU 0.55) and detection (mAP@0.5 0.28); classification is at chance. The shipped
+demo-1step reaches mIoU 0.63, mAP@0.5 0.47 and AbsRel 0.103 in one pass.
 Held-out scenes for the model card come from another seed (`icv-data synth --seed 1`), never from these.
 Same seed, same model on the same machine; bf16 autocast is used where the CPU computes bf16 natively (AMX or
 AVX-512 BF16; else fp32), so machines of another kind train a slightly different model.
