@@ -77,10 +77,7 @@ class InstructCVPipeline:
             log.warning("model %s has random weights (built from configs for tests and benchmarks): its answers are "
                         "meaningless", model)
         one_pass = OnePass.from_config(config, scheduler_config, where=str(folder / "icv_config.json"))
-        try:
-            box_line_fraction = check_box_line_fraction(config.get("box_line_fraction"), str(folder / "icv_config.json"))
-        except ValueError as exc:
-            raise ModelFilesError(str(exc)) from None
+        box_line_fraction = check_box_line_fraction(config.get("box_line_fraction"), str(folder / "icv_config.json"))
         return cls(backend, tokenizer, scheduler_config, {k: v for k, v in config.items() if k in DEFAULTS}, str(model),
                    random_weights=random_weights, one_pass=one_pass, caveat=str(config.get("caveat", "")),
                    box_line_fraction=box_line_fraction)

@@ -316,9 +316,10 @@ def test_decode_reads_boxes_with_the_models_line_width():
 
 @pytest.mark.parametrize("bad", [0, -0.01, 0.5, "3px", True, [1]])
 def test_box_line_fraction_checked(bad):
+    from icv_deploy.errors import ModelFilesError
     from icv_deploy.tasks.encodings import check_box_line_fraction
 
-    with pytest.raises(ValueError, match="box_line_fraction"):
+    with pytest.raises(ModelFilesError, match="box_line_fraction"):
         check_box_line_fraction(bad, "icv_config.json")
     assert check_box_line_fraction(3 / 128, "x") == 3 / 128 and check_box_line_fraction(None, "x") is None
 

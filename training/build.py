@@ -260,6 +260,12 @@ def build(sources: list[str], out: str | Path, prompts: str = "fixed", split: st
     return datasets.load_from_disk(str(out))
 
 
+def build_options(folder: str | Path) -> dict:
+    """The options a finished `icv-data build` recorded in FOLDER/icv_build.json; {} for data without one."""
+    info = Path(folder) / "icv_build.json"
+    return json.loads(info.read_text()).get("options", {}) if info.is_file() else {}
+
+
 def summary_counts(dataset) -> dict[str, dict[str, int]]:
     """{source: {task: rows}} of a built dataset."""
     counts: dict[str, dict[str, int]] = {}

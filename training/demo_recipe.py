@@ -265,11 +265,11 @@ def run_yes_no(work: Path, base: Path | str, precision: str) -> Path:
 @click.option("--one-step", is_flag=True,
               help="Then fine-tune it into the one-pass model (stages 8 and 9, demo-1step; with --install, replace that too).")
 @click.option("--one-step-only", is_flag=True,
-              help="Only stages 8 and 9, from the bundled demo model (needs WORK/data and WORK/data-wide from stage 2, which it builds if "
-                   "missing).")
+              help="Only stages 8 and 9, from the bundled demo model (needs WORK/data and WORK/data-wide from stage 2, "
+                   "which it builds if missing).")
 @click.option("--stage", type=click.Choice(["7", "9", "10"]), default=None,
-              help="Only this fine-tuning stage: 7 (masks, answers, phrasings, then wide outlines) from the bundled demo model, 9 "
-                   "from the bundled demo-1step, 10 (the yes/no experiment; not shipped) from it too.")
+              help="Only this fine-tuning stage: 7 (masks, answers, phrasings, then wide outlines) from the bundled demo "
+                   "model, 9 from the bundled demo-1step, 10 (the yes/no experiment; not shipped) from it too.")
 @click.option("--base", default=None, metavar="MODEL",
               help="With --stage: the model folder (or bundled name) the stage starts from, e.g. a stage-6 model "
                    "[default: the bundled one named above].")

@@ -31,7 +31,6 @@ encoder, whose outputs are what the UNet's cross-attention reads, so the categor
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +59,10 @@ def scenes_folder(settings: SceneRecognition, data: str | Path) -> Path:
     """settings.scenes, or else the one synth folder that the data's build recorded (icv_build.json)."""
     if settings.scenes:
         return Path(settings.scenes)
+    from .build import build_options
+
     try:
-        sources = json.loads((Path(data) / "icv_build.json").read_text())["options"]["sources"]
+        sources = build_options(data)["sources"]
     except (OSError, ValueError, KeyError, TypeError):
         sources = []
     synth = [source[1] for source in sources if source[0] == "synth"]

@@ -8,7 +8,6 @@ the seed, the epoch and the example's index, so a resumed run sees exactly the d
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +48,9 @@ def open_dataset(path: str | Path, max_train_samples: int | None = None):
 def painted_settings(path: str | Path) -> dict:
     """What the runtime must know of how a build painted its answers, for icv_config.json of the models trained on it:
     `box_line_fraction` where the build set one (`icv-data build --box-width`); {} for other data."""
-    info = Path(path) / "icv_build.json"
-    options = json.loads(info.read_text()).get("options", {}) if info.is_file() else {}
+    from .build import build_options
+
+    options = build_options(path)
     return {key: options[key] for key in ("box_line_fraction",) if key in options}
 
 

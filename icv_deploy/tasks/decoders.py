@@ -174,11 +174,10 @@ class _Bands:
 def _spread(mask: np.ndarray, blueness: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """The mask and blueness that outline bands are measured on. A model paints the middle of a wide outline pure blue
     and its edges mixed with the picture, so each blue pixel counts for the band pixels within half a line width of
-    it (both dilated): a painted line narrower than the band still covers it. Lines of 1 or 2 px are measured as they
-    are. (The one-pass demo's 3 px outlines: held-out mAP@0.5 0.02 measured as painted, 0.40 spread; 2026-12-03.)"""
+    it (both dilated): a painted line narrower than the band still covers it. For outlines 3 px wide or more; thinner
+    ones are measured as they are. (The one-pass demo's 3 px outlines: held-out mAP@0.5 0.02 measured as painted,
+    0.40 spread; 2026-12-03.)"""
     reach = (width - 1) // 2
-    if reach == 0:
-        return mask, blueness
     kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
     return cv2.dilate(mask, kernel), cv2.dilate((blueness * mask).astype(np.float32), kernel)
 
@@ -280,8 +279,9 @@ def decode_detection(visual: np.ndarray, out_size=None, min_area_frac: float = 2
     mask = blue_mask(visual)
     rgb = visual.astype(np.float32)
     blueness = np.clip((rgb[..., 2] - np.maximum(rgb[..., 0], rgb[..., 1])) / 255.0, 0.0, 1.0)
-    bands = _Bands(*_spread(mask, blueness, width), width)  # outline coverage, tolerant of narrow painted lines
     painted = _Bands(mask, blueness, width)  # the ring inside an outline, as painted: a blob is blue without help
+    # outline coverage, tolerant of painted lines narrower than a wide outline
+    bands = _Bands(*_spread(mask, blueness, width), width) if width >= 3 else painted
 
     horizontal, vertical = _strokes(mask, min_side)
     boxes = _candidates(_junctions(horizontal, vertical), width, min_side)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelFilesError
+
 TASKS = ("segmentation", "detection", "depth", "classification")
 
 # Pure blue outlines: the released InstructCV checkpoint was trained on blue detection boxes.
@@ -45,11 +47,11 @@ def box_line_width(height: int, width: int, fraction: float | None = None) -> in
 
 
 def check_box_line_fraction(fraction, where: str) -> float | None:
-    """`fraction` as a float (None stays None), or ValueError naming `where` (a model's config, a build option)."""
+    """A model config's `box_line_fraction` as a float (None stays None), or ModelFilesError naming `where`."""
     if fraction is None:
         return None
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 0.1:
-        raise ValueError(f"{where}: box_line_fraction must be a number in (0, 0.1], not {fraction!r}")
+        raise ModelFilesError(f"{where}: box_line_fraction must be a number in (0, 0.1], not {fraction!r}")
     return float(fraction)
 
 
