@@ -30,13 +30,16 @@ SCENES = 12  # about 100 queries over the four tasks: about a minute on 2 CPU co
 # demo (card: mIoU 0.549, mAP@0.5 0.283, AbsRel 0.114, accuracy 0.50 on 60 queries per task; on these 12 scenes
 # 0.593, 0.368 (14 boxes drawn for 31 in 23 queries), 0.1055, and 0.548 of 42 queries, 23 positive, so always
 # "yes" scores 0.55, 2026-12-03; the demo before it: 0.470, 0.05, 0.110, 0.571): no classification floor (at chance).
-# demo-1step (card: mIoU 0.631, mAP@0.5 0.473, AbsRel 0.103, accuracy 0.58; on these 12 scenes 0.672, 0.578 (22
-# boxes drawn for 31), 0.0829 and 0.595 of 42 queries, 2026-12-03; no classification floor, at chance; the one-pass
-# model before it: 0.724, 0, 0.0857, 0.595).
+# demo-1step (card: mIoU 0.573, mAP@0.5 0.484, AbsRel 0.1045, accuracy 0.55; on these 12 scenes 0.571, 0.545,
+# 0.0854 and 0.619 of 42 queries, 2026-12-03 evening; no classification floor, at chance; the one-pass model before it,
+# trained on the pool's phrasings only: 0.672, 0.578, 0.0829, 0.595).
 FLOORS = {
     "demo": {"segmentation": ("miou", 0.52), "detection": ("map50", 0.25), "depth": ("abs_rel", 0.115)},
-    "demo-1step": {"segmentation": ("miou", 0.60), "detection": ("map50", 0.45), "depth": ("abs_rel", 0.095)},
+    "demo-1step": {"segmentation": ("miou", 0.54), "detection": ("map50", 0.50), "depth": ("abs_rel", 0.095)},
 }
+# Masks under instructions the training pool never held (`--prompts unseen` and `blind`, 23 segmentation queries each
+# on these scenes): demo-1step 0.438 and 0.511, 2026-12-03 evening; the one-pass model before it 0.192 and 0.406.
+PHRASING_FLOORS = {"demo-1step": {"unseen": 0.40, "blind": 0.47}}
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,16 @@ def test_it_answers_right_on_heldout_scenes(default_metrics, model, task):
     name, floor = FLOORS[model][task]
     value = default_metrics(model)["results"][task]["synth"][name]
     assert (value <= floor) if name == "abs_rel" else (value >= floor), (model, task, name, value)
+
+
+@pytest.mark.parametrize("model, prompts", [(m, p) for m in PHRASING_FLOORS for p in PHRASING_FLOORS[m]])
+def test_its_masks_hold_under_instructions_it_never_trained_on(heldout, tmp_path, model, prompts):
+    from icv_deploy.training.evaluate import evaluate
+
+    result = evaluate(model, [f"synth:{heldout}"], tmp_path, tasks=["segmentation"], prompts=prompts, examples=0,
+                      progress=False)
+    miou = result["results"]["segmentation"]["synth"]["miou"]
+    assert miou >= PHRASING_FLOORS[model][prompts], (model, prompts, miou)
 
 
 INSTRUCTIONS = ["Segment the ball", "Detect the cube", "Create a monocular depth map",

@@ -67,15 +67,16 @@ def test_whole_recipe_runs_every_stage_in_order_each_from_the_last(trained, auto
         ("one-step", str(tmp_path / "wide-outlines" / "model")),
         ("one-step-masks", str(tmp_path / "one-step" / "model")),
         ("one-step-wide-outlines", str(tmp_path / "one-step-masks" / "model")),
-        ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"))]
-    # the last run of each stage trains on the 3 px outlines of WORK/data-wide, the others on WORK/data
+        ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model")),
+        ("one-step-phrasings", str(tmp_path / "one-step-wide-outlines-2" / "model"))]
+    # the last runs of each stage train on the 3 px outlines of WORK/data-wide, the others on WORK/data
     assert {run for run, data in calls.data.items() if data == "data-wide"} == {
-        "wide-outlines", "one-step-wide-outlines", "one-step-wide-outlines-2"}
+        "wide-outlines", "one-step-wide-outlines", "one-step-wide-outlines-2", "one-step-phrasings"}
     assert set(calls.data.values()) == {"data", "data-wide"}
     # the sampled model is installed after its stage 7 (masks, answers, phrasings, wide outlines), the one-pass model
     # after its own
     assert [(model, name) for model, name, _ in installed] == [
-        (tmp_path / "wide-outlines" / "model", "demo"), (tmp_path / "one-step-wide-outlines-2" / "model", "demo-1step")]
+        (tmp_path / "wide-outlines" / "model", "demo"), (tmp_path / "one-step-phrasings" / "model", "demo-1step")]
 
 
 def yes_no_calls(work: Path, base) -> list[tuple]:
@@ -146,7 +147,8 @@ def test_one_step_only_runs_stages_8_and_9_each_from_the_last(trained, tmp_path)
     assert result.exit_code == 0, result.output
     assert calls == [("one-step", "demo", 1200), ("one-step-masks", str(tmp_path / "one-step" / "model"), 800),
                      ("one-step-wide-outlines", str(tmp_path / "one-step-masks" / "model"), 800),
-                     ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"), 400)]
+                     ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"), 400),
+                     ("one-step-phrasings", str(tmp_path / "one-step-wide-outlines-2" / "model"), 600)]
     assert installed == []  # no --install, nothing replaced
 
 
@@ -170,14 +172,15 @@ def test_stage_9_alone_starts_from_the_bundled_one_pass_model_and_installs_it(tr
     assert result.exit_code == 0, result.output
     assert calls == [("one-step-masks", "demo-1step", 800),
                      ("one-step-wide-outlines", str(tmp_path / "one-step-masks" / "model"), 800),
-                     ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"), 400)]
+                     ("one-step-wide-outlines-2", str(tmp_path / "one-step-wide-outlines" / "model"), 400),
+                     ("one-step-phrasings", str(tmp_path / "one-step-wide-outlines-2" / "model"), 600)]
     [(model, name, extra)] = installed
-    assert model == tmp_path / "one-step-wide-outlines-2" / "model" and name == "demo-1step"
+    assert model == tmp_path / "one-step-phrasings" / "model" and name == "demo-1step"
     assert "--stage 9" in extra["trained_with"]
 
 
 @pytest.mark.parametrize("name", ["demo-1step", "demo-1step-masks", "demo-1step-wide-outlines", "demo-1step-wide-outlines-2",
-                                  "demo-1step-yes-no", "demo-1step-yes-no-card"])
+                                  "demo-1step-phrasings", "demo-1step-yes-no", "demo-1step-yes-no-card"])
 def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     from icv_deploy.training.config import load_config
     from icv_deploy.training.objectives import objective_settings
@@ -186,8 +189,10 @@ def test_shipped_one_pass_configs_pass_icv_trains_checks(name):
     scheduler = {"num_train_timesteps": 1000, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}
     mode, decoded = objective_settings(cfg, scheduler)
     assert mode.timestep == 999 and decoded.weight > 0
-    assert (decoded.mask_weight > 0) == (name in ("demo-1step-masks", "demo-1step-yes-no-card") or "wide" in name)
-    assert (decoded.box_weight > 0) == ("wide" in name)  # the outline term only where the outlines are 3 px
+    on_wide_outlines = "wide" in name or name == "demo-1step-phrasings"
+    assert (decoded.mask_weight > 0) == (name in ("demo-1step-masks", "demo-1step-yes-no-card") or on_wide_outlines)
+    assert (decoded.box_weight > 0) == on_wide_outlines  # the outline term only where the outlines are 3 px
+    assert bool(cfg.rephrase) == (name == "demo-1step-phrasings")
     assert decoded.color_weight == 0  # the curriculum's grown answers are not one colour; the card phase keeps it off
 
 

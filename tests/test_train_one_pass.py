@@ -247,6 +247,34 @@ def test_the_colour_term_decides_as_the_runtime_does():
     assert agree == 60
 
 
+def test_the_colour_map_term_rewards_a_small_grown_answer_the_mean_colour_misses():
+    """A curriculum answer (training/yes_no_curriculum.py): the category's grown mask in the "present" colour on the
+    "absent" one. Painted all "absent", the picture's mean colour is still nearer "absent", so the colour term
+    (which the target's mean also reads as "absent") is content; the per-pixel term is not, and its gradient moves
+    the mask pixels toward "present" and keeps the rest at "absent"."""
+    from icv_deploy.tasks.encodings import COLORS
+    from icv_deploy.training.one_pass_loss import DecodedLoss, color_loss, color_map_loss
+
+    present, absent = flat(COLORS["yellow"], 16), flat(COLORS["purple"], 16)
+    colors = torch.stack([present[0, :, 0, 0], absent[0, :, 0, 0]])[None]
+    grown = absent.clone()
+    grown[..., 4:9, 5:10] = present[..., 4:9, 5:10]  # 25 of 256 pixels
+    settings = DecodedLoss(color_map_weight=1.0)
+    all_absent = absent.clone().requires_grad_(True)
+    assert color_loss(all_absent, grown, settings, colors) < 0.05  # the mean colour term cannot see the mask
+    assert color_map_loss(grown, grown, settings, colors) < 0.05 < 0.5 < color_map_loss(all_absent, grown, settings,
+                                                                                         colors)
+    color_map_loss(all_absent, grown, settings, colors).backward()
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:9, 5:10] = True
+    toward_present = -(all_absent.grad[0] * (present - absent)[0]).sum(0)  # the gradient step along absent -> present
+    assert (toward_present[inside] > 0).all() and (toward_present[~inside] <= 0).all()
+    assert toward_present[inside].min() > 10 * toward_present[~inside].abs().max()
+    # For the contract's solid card it is the colour term per pixel: the right card costs little, the wrong much.
+    assert color_map_loss(present, present, settings, colors) < 0.05 < 2.0 < color_map_loss(absent, present, settings,
+                                                                                            colors)
+
+
 def test_classification_examples_carry_the_colours_the_router_reads():
     """CachedLatentExamples' answer colours: the instruction's present and absent colours for classification
     examples, zeros for the others; an instruction that names none gets the runtime's default, blue and black."""
@@ -313,6 +341,7 @@ def test_examples_of_the_tasks_with_a_term_are_decoded_first():
     assert decoded_examples(task_ids, DecodedLoss(examples=2, box_weight=1.0)).tolist() == [2, 0]
     # classification is 3
     assert decoded_examples(task_ids, DecodedLoss(examples=3, mask_weight=1.0, color_weight=1.0)).tolist() == [1, 3, 4]
+    assert decoded_examples(task_ids, DecodedLoss(examples=2, color_map_weight=1.0)).tolist() == [4, 0]
 
 
 def test_a_batch_whose_conditioning_was_all_dropped_adds_no_decoded_term():

@@ -11,6 +11,7 @@ reads the output here as at inference, so training and inference cannot drift ap
          + mask_weight * (BCE + Dice) (decoded mask, target mask)          over the segmentation ones among them
          + box_weight * (BCE + Dice) (decoded outlines, target outlines)   over the detection ones among them
          + color_weight * BCE (decoded colour's score, present or not)      over the classification ones among them
+         + color_map_weight * (BCE + Dice) (the same score per pixel)       over the classification ones among them
 
 The decoded term puts the task loss after the VAE decoder, where the answers are read: the frozen decoder is run
 on the predicted latent and gradients flow back through it. It matters most for detection: the autoencoder does not
@@ -58,6 +59,10 @@ class DecodedLoss:
     box_sharpness: float = 10.0  # soft outline = sigmoid(sharpness * (blueness - 0.4)), blueness = (B - max(R, G)) / 2
     color_weight: float = 0.0  # of BCE on the decoded answer colour of classification examples; 0 turns it off
     color_sharpness: float = 5.0  # p(present) = sigmoid(sharpness * score): 0.99 on the present colour exactly
+    # Of BCE + Dice on which of the two colours each decoded pixel of classification examples is nearer (the colour
+    # term per pixel, with color_sharpness); for the yes/no curriculum, whose "present" answers are grown masks
+    # (training/yes_no_curriculum.py): a small one is outvoted by the absent colour in the mean the colour term reads.
+    color_map_weight: float = 0.0
     # Sampled objective only: the decoded examples' timesteps are drawn from [min_timestep, 1000), where a few-step
     # sampler decides its answer (4 trailing steps start at 999), not where the noisy target gives it away; 0: as
     # every other example's. On the demo, 300 steps with 500 cost 0.02 mIoU more than without (results/unknown-words-*).
@@ -66,7 +71,12 @@ class DecodedLoss:
     @property
     def active(self) -> bool:
         """Whether any decoded term is on (the decoder runs, the batches carry target pictures and task ids)."""
-        return self.examples > 0 and max(self.weight, self.mask_weight, self.box_weight, self.color_weight) > 0
+        return self.examples > 0 and max(self.weight, self.mask_weight, self.box_weight, self.colors_weight) > 0
+
+    @property
+    def colors_weight(self) -> float:
+        """The larger weight of the two classification terms, which read each instruction's two colours."""
+        return max(self.color_weight, self.color_map_weight)
 
 
 def outline_weight_map(pixels: torch.Tensor, outline_weight) -> torch.Tensor:
@@ -132,7 +142,8 @@ def decoded_terms(clean: torch.Tensor, batch: dict, vae, decoded: DecodedLoss, c
         loss = decoded.weight * pixel_l1
     for task, weight, term, name in ((SEGMENTATION, decoded.mask_weight, mask_loss, "mask_bce_dice"),
                                      (DETECTION, decoded.box_weight, box_loss, "box_bce_dice"),
-                                     (CLASSIFICATION, decoded.color_weight, color_loss, "color_bce")):
+                                     (CLASSIFICATION, decoded.color_weight, color_loss, "color_bce"),
+                                     (CLASSIFICATION, decoded.color_map_weight, color_map_loss, "color_map_bce_dice")):
         these = batch["task_id"][chosen] == task
         if weight > 0 and these.any():
             extra = (batch["answer_colors"][chosen][these].float(),) if task == CLASSIFICATION else ()
@@ -146,7 +157,7 @@ def decoded_examples(task_ids: torch.Tensor, decoded: DecodedLoss) -> torch.Tens
     """Indices of the batch examples that go through the decoder: the first `examples`, those of the tasks whose
     term is on first (a stable order, so the rest keep the batch's random order)."""
     first = [task for task, weight in ((SEGMENTATION, decoded.mask_weight), (DETECTION, decoded.box_weight),
-                                       (CLASSIFICATION, decoded.color_weight)) if weight > 0]
+                                       (CLASSIFICATION, decoded.colors_weight)) if weight > 0]
     later = ~torch.isin(task_ids, torch.tensor(first, dtype=task_ids.dtype))
     return torch.argsort(later.to(torch.int8), stable=True)[:decoded.examples]
 
@@ -172,6 +183,18 @@ def color_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss
     score = ((painted_color - absent).norm(dim=1) - (painted_color - present).norm(dim=1)) / gap
     truth = (target_color - present).norm(dim=1) < (target_color - absent).norm(dim=1)
     return F.binary_cross_entropy_with_logits(decoded.color_sharpness * score, truth.float())
+
+
+def color_map_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss,
+                   colors: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice, per pixel, of color_loss's score: is each decoded pixel nearer the colour for "present" than
+    the one for "absent", against the same of the target's pixels. Dice keeps a small grown mask of the curriculum
+    from being outvoted by the absent colour around it, as the mask term does for segmentation."""
+    present, absent = colors[:, 0, :, None, None], colors[:, 1, :, None, None]
+    gap = (present - absent).norm(dim=1).clamp(min=1e-6)
+    score = ((painted - absent).norm(dim=1) - (painted - present).norm(dim=1)) / gap
+    truth = (pixels - present).norm(dim=1) < (pixels - absent).norm(dim=1)
+    return bce_dice(decoded.color_sharpness * score, truth.float())
 
 
 def outline_band_loss(painted: torch.Tensor, pixels: torch.Tensor, sharpness: float) -> torch.Tensor:

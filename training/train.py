@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         pixels = cfg.resolution if wants_pixels else None  # for the decoded and grounding terms
         examples = CachedLatentExamples(rows, cache, tokenizer, cfg.random_flip, cfg.seed, target_pixels=pixels,
                                         negatives=negatives, scene_labels=scene_labels,
-                                        answer_colors=decoded is not None and decoded.color_weight > 0,
+                                        answer_colors=decoded is not None and decoded.colors_weight > 0,
                                         unknown_tokens=insertion, rephrase=rephrase)
     else:
         examples = InstructionExamples(rows, tokenizer, cfg.resolution, cfg.resize_min, cfg.resize_max,
