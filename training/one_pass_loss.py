@@ -177,11 +177,8 @@ def color_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: DecodedLoss
     """BCE of the runtime's classification score of the decoded pictures (their mean colour; decode_classification
     takes the median, which a flat answer shares) against the truth, the named colour nearer the target picture.
     `colors`: (n, 2, 3), each example's colour if present and colour if absent, in [-1, 1]."""
-    present, absent = colors[:, 0], colors[:, 1]
-    gap = (present - absent).norm(dim=1).clamp(min=1e-6)
-    painted_color, target_color = painted.mean(dim=(2, 3)), pixels.mean(dim=(2, 3))
-    score = ((painted_color - absent).norm(dim=1) - (painted_color - present).norm(dim=1)) / gap
-    truth = (target_color - present).norm(dim=1) < (target_color - absent).norm(dim=1)
+    score = present_score(painted.mean(dim=(2, 3)), colors)
+    truth = present_score(pixels.mean(dim=(2, 3)), colors) > 0
     return F.binary_cross_entropy_with_logits(decoded.color_sharpness * score, truth.float())
 
 
@@ -190,11 +187,16 @@ def color_map_loss(painted: torch.Tensor, pixels: torch.Tensor, decoded: Decoded
     """BCE + soft Dice, per pixel, of color_loss's score: is each decoded pixel nearer the colour for "present" than
     the one for "absent", against the same of the target's pixels. Dice keeps a small grown mask of the curriculum
     from being outvoted by the absent colour around it, as the mask term does for segmentation."""
-    present, absent = colors[:, 0, :, None, None], colors[:, 1, :, None, None]
+    score = present_score(painted, colors)
+    return bce_dice(decoded.color_sharpness * score, (present_score(pixels, colors) > 0).float())
+
+
+def present_score(rgb: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
+    """(distance to the "absent" colour - distance to the "present" one) / their distance, over dim 1 of `rgb`
+    ((n, 3) colours or (n, 3, H, W) pictures): +1 on the present colour, -1 on the absent one."""
+    present, absent = (c.reshape(*c.shape, *(1,) * (rgb.dim() - 2)) for c in (colors[:, 0], colors[:, 1]))
     gap = (present - absent).norm(dim=1).clamp(min=1e-6)
-    score = ((painted - absent).norm(dim=1) - (painted - present).norm(dim=1)) / gap
-    truth = (pixels - present).norm(dim=1) < (pixels - absent).norm(dim=1)
-    return bce_dice(decoded.color_sharpness * score, truth.float())
+    return ((rgb - absent).norm(dim=1) - (rgb - present).norm(dim=1)) / gap
 
 
 def outline_band_loss(painted: torch.Tensor, pixels: torch.Tensor, sharpness: float) -> torch.Tensor:
