@@ -113,6 +113,31 @@ def test_mask_stage_reuses_the_unet_stages_latents_and_keeps_its_own(trained, au
     assert not list((tmp_path / "masks" / "latent-cache").glob("*.tmp"))
 
 
+def test_one_pass_runs_on_the_same_data_share_their_latents(trained, tmp_path, monkeypatch):
+    """Stage 9's runs on WORK/data-wide encode its latents once: each links the cache of the run before on the same
+    data, while the first run on new data (other targets) encodes its own."""
+    from icv_deploy.training import train as train_module
+    from icv_deploy.training.demo_recipe import main
+
+    calls, _ = trained
+    record = train_module.train
+
+    def train_and_cache(cfg, resume=None):  # as icv-train does: a run without a cache encodes one
+        cache = Path(cfg.output) / "latent-cache" / "latents.safetensors"
+        if not cache.exists():
+            cache.parent.mkdir(parents=True)
+            cache.write_bytes(f"{Path(cfg.output).name} on {Path(cfg.data).name}".encode())
+        return record(cfg, resume)
+
+    monkeypatch.setattr(train_module, "train", train_and_cache)
+    assert CliRunner().invoke(main, ["--work", str(tmp_path), "--stage", "9"]).exit_code == 0
+    caches = {run: (tmp_path / run / "latent-cache" / "latents.safetensors").read_bytes() for run, _, _ in calls}
+    assert caches == {"one-step-masks": b"one-step-masks on data",
+                      "one-step-wide-outlines": b"one-step-wide-outlines on data-wide",
+                      "one-step-wide-outlines-2": b"one-step-wide-outlines on data-wide",
+                      "one-step-phrasings": b"one-step-wide-outlines on data-wide"}
+
+
 def test_stage_7_alone_starts_from_the_bundled_demo_and_installs_it(trained, tmp_path):
     from icv_deploy.training.demo_recipe import main
 

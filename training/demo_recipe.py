@@ -159,15 +159,25 @@ def run_masks(work: Path, base: Path | str, install_as: str | None, precision: s
               how: str = "") -> Path:
     """Stage 7: the sampled demo fine-tuned with the decoded mask loss (training/configs/demo-masks.yaml), then with
     the decoded answer-colour loss too (demo-answers.yaml), then with half its instructions from the phrasing grammar
-    (demo-phrasings.yaml), then on 3 px outlines (demo-wide-outlines.yaml). `latents`: a latent cache made with the
-    same autoencoder and data (stage 6's), linked rather than encoded again (load_or_build_cache checks its key and
-    rebuilds it if it does not match); each later run on the same data links the one before's."""
+    (demo-phrasings.yaml), then on 3 px outlines (demo-wide-outlines.yaml). `latents`: stage 6's latent cache of
+    WORK/data (train_in_order)."""
+    model = train_in_order(work, MASK_STAGES, base, precision, latents)
+    if install_as:
+        model = install(model, install_as, {"trained_with": f"training/demo_recipe.py{how}", "mixed_precision": precision})
+    return model
+
+
+def train_in_order(work: Path, runs, model: Path | str, precision: str, latents: Path | None = None) -> Path:
+    """icv-train each of `runs` ((config, output folder under WORK, data folder under WORK)) from the model of the one
+    before, starting from `model`; returns the last model. A run links the latent cache of the run before it when both
+    train on the same data (`latents`: one of WORK/data for the first run) rather than encoding it again:
+    load_or_build_cache checks the cache's key (autoencoder, data) and rebuilds it if it does not match."""
     from .config import load_config
     from .latent_cache import CACHE_FILE
     from .train import train
 
-    model, data_before = base, "data"
-    for config, folder, data in MASK_STAGES:
+    data_before = "data"
+    for config, folder, data in runs:
         output = work / folder
         if data != data_before:
             latents = None  # other targets: encoded anew
@@ -178,8 +188,6 @@ def run_masks(work: Path, base: Path | str, install_as: str | None, precision: s
                                    "mixed_precision": precision})
         model = train(cfg, resume="latest").model_dir
         latents, data_before = output / "latent-cache", data
-    if install_as:
-        model = install(model, install_as, {"trained_with": f"training/demo_recipe.py{how}", "mixed_precision": precision})
     return model
 
 
@@ -220,16 +228,9 @@ def run_one_step(work: Path, base: Path | str, install_as: str | None, precision
     and -2), then with half its instructions from the phrasing grammar (demo-1step-phrasings); `only`: that stage
     alone, `base` being the one-pass model of the stage before; only = YES_NO_STAGE: the yes/no experiment
     (run_yes_no)."""
-    from .config import load_config
-    from .train import train
-
     model = run_yes_no(work, base, precision) if only == YES_NO_STAGE else base
-    for number, config, output, data in ONE_STEP_STAGES:
-        if only is not None and number != only:
-            continue
-        cfg = load_config(config, {"data": str(work / data), "output": str(work / output),
-                                   "base_model": str(model), "mixed_precision": precision})
-        model = train(cfg, resume="latest").model_dir
+    runs = [(config, output, data) for number, config, output, data in ONE_STEP_STAGES if only in (None, number)]
+    model = train_in_order(work, runs, model, precision)
     if install_as:
         how = f"--stage {only} (on {on or 'the bundled demo-1step'})" if only else "--one-step"
         model = install(model, install_as, {"trained_with": f"training/demo_recipe.py {how}",

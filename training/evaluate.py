@@ -149,7 +149,8 @@ def read_records(out: Path) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------- example pictures
 EXAMPLE_COLUMNS = ("input", "model output", "answer", "target")
 
-def save_example_picture(folder: Path, query: Query, example: Example, res, box_line_fraction: float | None = None) -> None:
+def save_example_picture(folder: Path, query: Query, example: Example, res,
+                         box_line_fraction: float | None = None) -> None:
     """input | model output v(y) | overlay | target v(y), side by side under their labels, the instruction below,
     enlarged to at least 256 pixels high so that a 128-pixel model's output can be read. `box_line_fraction`: the
     model's outline width, for the detection target."""
