@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from icv_deploy.tasks.decoders import (blue_mask, decode, decode_classification, decode_depth, decode_detection,
-                                       decode_segmentation)
+from icv_deploy.tasks.decoders import (_junctions, _strokes, blue_mask, decode, decode_classification, decode_depth,
+                                       decode_detection, decode_segmentation)
 from icv_deploy.tasks.encodings import (COLORS, box_line_width, encode_classification, encode_depth,
                                         encode_detection, encode_segmentation)
 from icv_deploy.tasks.routing import route
@@ -302,6 +302,34 @@ def test_detection_wide_outlines_painted_pure_blue_only_in_their_middle(seed):
     assert blue_mask(visual)[band].mean() < 0.6  # as painted, too little of the band passes as outline blue (0.75)
     found, scores = decode_detection(visual, line_fraction=fraction)
     assert_boxes_found(found, scores, boxes, 0.9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_detection_outlines_with_broken_corners(seed):
+    """A one-pass model paints an outline's corners worst: every side drawn, each corner a gap of a few pixels, so no
+    horizontal stroke meets a vertical one. The rectangle between the strokes' edges is still read."""
+    rng = np.random.default_rng(400 + seed)
+    fraction, image = 3 / 128, background("textured", (128, 128), rng)
+    boxes = random_boxes(rng, (128, 128), int(rng.integers(1, 3)), min_side=28, line_fraction=fraction)
+    visual = encode_detection(image, boxes, fraction)
+    gap = 5
+    for x0, y0, x1, y1 in boxes:
+        for x, y in ((x0, y0), (x1 - gap, y0), (x0, y1 - gap), (x1 - gap, y1 - gap)):
+            visual[y:y + gap, x:x + gap] = image[y:y + gap, x:x + gap]
+    assert len(_junctions(*_strokes(blue_mask(visual), 2 * 3 + 3))) == 0  # nothing left for corner pairs
+    found, scores = decode_detection(visual, line_fraction=fraction)
+    assert_boxes_found(found, scores, boxes, 0.98)
+    assert np.all(scores < 1.0)  # broken outlines score below whole ones
+
+
+def test_detection_small_box_painted_one_pixel_thin():
+    """A box little over the reader's smallest side (2 line widths + 3), its 3 px outline painted as a 1 px line in
+    the band's middle: too few pixels for three strokes of a line width, enough for one stroke twice its side."""
+    fraction, image = 3 / 128, background("textured", (128, 128), np.random.default_rng(7))
+    box = np.array([[40, 50, 53, 62]])
+    visual = encode_detection(image, box + np.array([1, 1, -1, -1]), 1 / 128)
+    found, scores = decode_detection(visual, line_fraction=fraction)
+    assert_boxes_found(found, scores, box, 0.75)
 
 
 def test_decode_reads_boxes_with_the_models_line_width():

@@ -11,7 +11,9 @@ corners and test the rectangles between them:
 1. blue mask: HSV threshold around pure blue, closed with a 3x3 kernel to bridge compression gaps;
 2. straight strokes: morphological opening with 1xL and Lx1 line kernels keeps horizontal and vertical
    strokes at least L long (L just over two line widths); where the two meet are corners and crossings;
-3. every pair of junctions (top-left, bottom-right) spans a candidate rectangle; each edge is snapped by
+3. every pair of junctions (top-left, bottom-right) spans a candidate rectangle, and so does every choice of
+   a top, bottom, left and right edge among the strokes' edges and ends (a model paints corners worst, and a
+   broken corner is no junction); each edge is snapped by
    up to a pixel to where its band is bluest, and the candidate is measured on the outline band that
    `encode_detection` would paint (width 1/128 of the long side, or the model's own `box_line_fraction`):
    every side must be mostly blue, and the ring just inside must not be (a blue blob, not an outline);
@@ -51,7 +53,10 @@ REDUNDANT = 0.95
 MAX_INNER_BLUE = 0.6
 # Bounds on the work for pathological pictures (a blue grid): a sane answer has far fewer of either.
 MAX_JUNCTIONS = 100
+MAX_STROKES = 16  # per direction, the longest, for the rectangles between stroke edges
 MAX_CANDIDATES = 300
+# Rectangles between stroke edges are many; those far below the acceptance bounds are dropped before edge snapping.
+PREFILTER_MARGIN = 0.15
 
 
 def _size(visual: np.ndarray, out_size) -> tuple[int, int]:
@@ -199,6 +204,40 @@ def _candidates(junctions: np.ndarray, width: int, min_side: int) -> np.ndarray:
     return np.unique(boxes[ok], axis=0)
 
 
+def _stroke_edge_candidates(horizontal: np.ndarray, vertical: np.ndarray, width: int, min_side: int) -> np.ndarray:
+    """Rectangles (x0, y0, x1, y1) whose top and bottom edges are edges of horizontal strokes or ends of vertical ones,
+    and whose left and right edges are edges of vertical strokes or ends of horizontal ones (MAX_STROKES longest of
+    each direction). A one-pass model paints an outline's corners worst: a gap there leaves no junction for
+    `_candidates`, though every side is drawn. A stroke about two lines thick (two boxes' lines side by side) offers
+    its outer edges and the edges one line width in from them."""
+    def longest(strokes, axis):  # lines at most two line widths thick: a filled blue blob is no line
+        _, _, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
+        stats = stats[1:].astype(np.int64)
+        stats = stats[stats[:, 3 - axis] <= 2 * width + 1]
+        return stats[np.argsort(-stats[:, 2 + axis], kind="stable")[:MAX_STROKES]]
+
+    def edges(start, length):  # (edges a box may start at, edges it may end at), across the stroke
+        double = length >= 2 * width - 1
+        return (np.concatenate([start, (start + length - width)[double]]),
+                np.concatenate([start + length, (start + width)[double]]))
+
+    h, v = longest(horizontal, 0), longest(vertical, 1)  # rows (x, y, w, h, area)
+    tops, bottoms = edges(h[:, 1], h[:, 3])
+    lefts, rights = edges(v[:, 0], v[:, 2])
+    tops, bottoms = np.unique(np.concatenate([tops, v[:, 1]])), np.unique(np.concatenate([bottoms, v[:, 1] + v[:, 3]]))
+    lefts, rights = np.unique(np.concatenate([lefts, h[:, 0]])), np.unique(np.concatenate([rights, h[:, 0] + h[:, 2]]))
+
+    def spans(starts, ends):
+        a, b = np.meshgrid(starts, ends, indexing="ij")
+        ok = b - a >= min_side
+        return np.stack([a[ok], b[ok]], 1)
+
+    xs, ys = spans(lefts, rights), spans(tops, bottoms)
+    i, j = np.meshgrid(np.arange(len(xs)), np.arange(len(ys)), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    return np.stack([xs[i, 0], ys[j, 0], xs[i, 1], ys[j, 1]], 1).reshape(-1, 4)
+
+
 def _snap_edges(boxes: np.ndarray, bands: _Bands, height: int, width: int) -> np.ndarray:
     """Move each edge by at most one pixel to where its side band is bluest (compression can eat the
     corner pixel a junction's extent was read from). Ties keep the edge where it is."""
@@ -284,7 +323,11 @@ def decode_detection(visual: np.ndarray, out_size=None, min_area_frac: float = 2
     bands = _Bands(*_spread(mask, blueness, width), width) if width >= 3 else painted
 
     horizontal, vertical = _strokes(mask, min_side)
-    boxes = _candidates(_junctions(horizontal, vertical), width, min_side)
+    between_strokes = _stroke_edge_candidates(horizontal, vertical, width, min_side)
+    per_side, coverage, _ = bands.measure(between_strokes)
+    between_strokes = between_strokes[(per_side.min(1, initial=1.0) >= MIN_SIDE_COVERAGE - PREFILTER_MARGIN)
+                                      & (coverage >= MIN_COVERAGE - PREFILTER_MARGIN)]
+    boxes = np.concatenate([_candidates(_junctions(horizontal, vertical), width, min_side), between_strokes])
     boxes = np.unique(_snap_edges(boxes, bands, h, w), axis=0).reshape(-1, 4)
     boxes = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= min_area_frac * h * w]
     per_side, coverage, mean_blueness = bands.measure(boxes)
@@ -300,7 +343,8 @@ def decode_detection(visual: np.ndarray, out_size=None, min_area_frac: float = 2
     order = np.lexsort((-scores, -area, ~closed))
     boxes, scores = boxes[order], scores[order]
     strokes = (horizontal | vertical).astype(bool)
-    kept = _explain_strokes(boxes, scores, strokes, bands, min_new=2 * min_side * width)
+    # min_new in pixels, not line widths: a model may paint a wide outline one pixel thin (_spread)
+    kept = _explain_strokes(boxes, scores, strokes, bands, min_new=2 * min_side)
     boxes, scores = boxes[kept].astype(np.float32), scores[kept].astype(np.float32)
 
     out_h, out_w = _size(visual, out_size)
