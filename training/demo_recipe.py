@@ -36,9 +36,9 @@ demo-1step. How the shipped models were made: the demo's stages 1-5 on 2026-11-3
 on 2026-12-02 (on a 2-core AMD EPYC with AVX-512 BF16, bf16 autocast, 1 h 31 min), its wide-outlines run on
 2026-12-03 (25 min); demo-1step's stages 8 and 9's masks run on 2026-12-03 morning from the demo of 2026-12-02, its two
 wide-outline runs that afternoon (43 min), its phrasings run that evening (21 min).
-Status (held-out, icv_deploy/assets/*/MODEL_CARD.md): the shipped demo follows instructions for depth (AbsRel 0.114)
-and roughly for segmentation (mIoU 0.55) and detection (mAP@0.5 0.28); classification is at chance. The shipped
-demo-1step reaches mIoU 0.57 (0.52 under phrasings written blind), mAP@0.5 0.48 and AbsRel 0.105 in one pass.
+Status (all 2,672 held-out queries, icv_deploy/assets/*/MODEL_CARD.md): the shipped demo follows instructions for depth
+(AbsRel 0.110) and roughly for segmentation (mIoU 0.56) and detection (mAP@0.5 0.33); classification is at chance. The
+shipped demo-1step reaches mIoU 0.70 (0.65 under phrasings written blind), mAP@0.5 0.60 and AbsRel 0.105 in one pass.
 Held-out scenes for the model card come from another seed (`icv-data synth --seed 1`), never from these.
 Same seed, same model on the same machine; bf16 autocast is used where the CPU computes bf16 natively (AMX or
 AVX-512 BF16; else fp32), so machines of another kind train a slightly different model.
