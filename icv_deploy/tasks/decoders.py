@@ -305,6 +305,23 @@ def _explain_strokes(boxes: np.ndarray, scores: np.ndarray, strokes: np.ndarray,
     return sorted(kept)
 
 
+def outline_bands(visual: np.ndarray, width: int) -> tuple[np.ndarray, _Bands, _Bands]:
+    """(blue mask, its bands as painted, the bands outlines are measured on) of a uint8 RGB visual whose outlines are
+    `width` pixels wide. As painted: the ring inside an outline, where a blob is blue without help. Measured on:
+    the painted blue spread for outlines 3 px or wider (_spread), tolerant of lines painted narrower than that."""
+    mask = blue_mask(visual)
+    rgb = visual.astype(np.float32)
+    blueness = np.clip((rgb[..., 2] - np.maximum(rgb[..., 0], rgb[..., 1])) / 255.0, 0.0, 1.0)
+    painted = _Bands(mask, blueness, width)
+    return mask, painted, (_Bands(*_spread(mask, blueness, width), width) if width >= 3 else painted)
+
+
+def _covered(per_side: np.ndarray, coverage: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Whether each outline is blue enough to be a box (every side MIN_SIDE_COVERAGE, the whole MIN_COVERAGE), each
+    bound lowered by `margin`."""
+    return (per_side.min(1, initial=1.0) >= MIN_SIDE_COVERAGE - margin) & (coverage >= MIN_COVERAGE - margin)
+
+
 def decode_detection(visual: np.ndarray, out_size=None, min_area_frac: float = 2e-4,
                      line_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(boxes N x 4 float32 x0 y0 x1 y1 in out_size pixels, x1/y1 exclusive; scores N float32 in [0, 1]),
@@ -315,25 +332,17 @@ def decode_detection(visual: np.ndarray, out_size=None, min_area_frac: float = 2
     h, w = visual.shape[:2]
     width = box_line_width(h, w, line_fraction)
     min_side = 2 * width + 3  # odd: an even-length opening kernel shifts strokes by a pixel
-    mask = blue_mask(visual)
-    rgb = visual.astype(np.float32)
-    blueness = np.clip((rgb[..., 2] - np.maximum(rgb[..., 0], rgb[..., 1])) / 255.0, 0.0, 1.0)
-    painted = _Bands(mask, blueness, width)  # the ring inside an outline, as painted: a blob is blue without help
-    # outline coverage, tolerant of painted lines narrower than a wide outline
-    bands = _Bands(*_spread(mask, blueness, width), width) if width >= 3 else painted
+    mask, painted, bands = outline_bands(visual, width)
 
     horizontal, vertical = _strokes(mask, min_side)
     between_strokes = _stroke_edge_candidates(horizontal, vertical, width, min_side)
-    per_side, coverage, _ = bands.measure(between_strokes)
-    between_strokes = between_strokes[(per_side.min(1, initial=1.0) >= MIN_SIDE_COVERAGE - PREFILTER_MARGIN)
-                                      & (coverage >= MIN_COVERAGE - PREFILTER_MARGIN)]
+    between_strokes = between_strokes[_covered(*bands.measure(between_strokes)[:2], margin=PREFILTER_MARGIN)]
     boxes = np.concatenate([_candidates(_junctions(horizontal, vertical), width, min_side), between_strokes])
     boxes = np.unique(_snap_edges(boxes, bands, h, w), axis=0).reshape(-1, 4)
     boxes = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= min_area_frac * h * w]
     per_side, coverage, mean_blueness = bands.measure(boxes)
     inner = painted.inner_blue(boxes)
-    ok = (per_side.min(1, initial=1.0) >= MIN_SIDE_COVERAGE) & (coverage >= MIN_COVERAGE)
-    ok &= inner <= MAX_INNER_BLUE
+    ok = _covered(per_side, coverage) & (inner <= MAX_INNER_BLUE)
     scores, closed = coverage * mean_blueness, per_side.min(1, initial=1.0) >= CLOSED_COVERAGE
     ok = np.flatnonzero(ok)[np.argsort(-scores[ok], kind="stable")[:MAX_CANDIDATES]]
     boxes, scores, closed = _drop_shifted_duplicates(boxes[ok], scores[ok], inner[ok], closed[ok], width)

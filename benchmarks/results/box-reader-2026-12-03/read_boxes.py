@@ -28,9 +28,7 @@ for path in sys.argv[1:]:
         boxes, scores = decoders.decode_detection(visual, line_fraction=fraction)
         queries.append({"image_id": str(image_id), "category": str(category), "boxes": boxes.tolist(),
                         "scores": scores.tolist(), "gt_boxes": gt.tolist()})
-        mask, rgb = decoders.blue_mask(visual), visual.astype(np.float32)
-        blueness = np.clip((rgb[..., 2] - np.maximum(rgb[..., 0], rgb[..., 1])) / 255, 0, 1)
-        bands = decoders._Bands(*decoders._spread(mask, blueness, width), width)
+        _, _, bands = decoders.outline_bands(visual, width)  # the bands the reader measures on
         used = set()
         for box in boxes:  # greedy in score order, as COCO matches
             overlaps = iou(box, gt) if len(gt) else np.zeros(0)
