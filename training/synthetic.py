@@ -53,6 +53,15 @@ CATEGORIES = ("ball", "cube", "cylinder", "cone", "pyramid")
 # Object colours: no blue (detection targets draw pure blue boxes) and no near-black.
 OBJECT_COLORS = ("red", "green", "yellow", "orange", "purple", "white", "pink", "brown", "cyan", "magenta")
 MIN_DEPTH_M, MAX_DEPTH_M = 0.5, 10.0
+# The ranges the scene parameters are drawn from, uniformly and independently. Nothing in a picture says its metric
+# scale outright: it has to be read from these priors (benchmarks/depth_scale_bound.py).
+CAMERA_HEIGHT_M = (1.2, 1.8)
+WALL_DISTANCE_M = (6.0, 9.0)
+OBJECT_SIZES_M = {"ball": {"radius": (0.2, 0.45)},
+                  "cylinder": {"radius": (0.15, 0.4), "height": (0.4, 1.1)},
+                  "cone": {"radius": (0.15, 0.4), "height": (0.4, 1.1)},
+                  "cube": {"side": (0.35, 0.9)},
+                  "pyramid": {"side": (0.35, 0.9), "height": (0.4, 0.9)}}
 FORMAT = "icv-synth-v1"
 
 
@@ -87,8 +96,8 @@ def _camera(rng, size):
     hfov = math.radians(rng.uniform(45, 60))
     pitch = math.radians(rng.uniform(4, 18))
     f = (size / 2) / math.tan(hfov / 2)
-    cam = {"fx": f, "fy": f, "cx": size / 2, "cy": size / 2, "height_m": float(rng.uniform(1.2, 1.8)),
-           "pitch_deg": math.degrees(pitch), "wall_z_m": float(rng.uniform(6.0, 9.0))}
+    cam = {"fx": f, "fy": f, "cx": size / 2, "cy": size / 2, "height_m": float(rng.uniform(*CAMERA_HEIGHT_M)),
+           "pitch_deg": math.degrees(pitch), "wall_z_m": float(rng.uniform(*WALL_DISTANCE_M))}
     v, u = np.mgrid[0:size, 0:size].astype(np.float64)
     a, b = (u + 0.5 - cam["cx"]) / f, (v + 0.5 - cam["cy"]) / f
     cp, sp = math.cos(pitch), math.sin(pitch)
@@ -103,16 +112,17 @@ def _place_objects(rng, cam, n):
     for _ in range(n):
         category = CATEGORIES[rng.integers(len(CATEGORIES))]
         color = OBJECT_COLORS[rng.integers(len(OBJECT_COLORS))]
+        sizes = OBJECT_SIZES_M[category]
         if category == "ball":
-            params = {"radius": rng.uniform(0.2, 0.45)}
+            params = {"radius": rng.uniform(*sizes["radius"])}
             reach = params["radius"]
         elif category in ("cylinder", "cone"):
-            params = {"radius": rng.uniform(0.15, 0.4), "height": rng.uniform(0.4, 1.1)}
+            params = {"radius": rng.uniform(*sizes["radius"]), "height": rng.uniform(*sizes["height"])}
             reach = params["radius"]
         else:
-            params = {"side": rng.uniform(0.35, 0.9), "yaw": rng.uniform(0, math.pi / 2)}
+            params = {"side": rng.uniform(*sizes["side"]), "yaw": rng.uniform(0, math.pi / 2)}
             if category == "pyramid":
-                params["height"] = rng.uniform(0.4, 0.9)
+                params["height"] = rng.uniform(*sizes["height"])
             reach = params["side"] * 0.71
         for _try in range(30):
             z = rng.uniform(1.8, cam["wall_z_m"] - 1.0)
