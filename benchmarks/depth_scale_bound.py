@@ -17,7 +17,7 @@ tell the scale too (the ground's grain is 7 cm, it fades from 3 to 9 m, the wall
 these rows bound a reader of shapes, not every reader.
 
 With --model, the model's own depth answers to the evaluator's depth queries: their AbsRel, the AbsRel left when each
-answer is rescaled by its picture's own best factor (the median of true over predicted depth), and the scale error
+answer is divided by its picture's own scale s, and the scale error
 itself, mean |s - 1| with s the median of predicted over true depth, to set beside the rows above. OUT/scale.json
 (figures, settings, machine) and OUT/scale.md (the table).
 """
@@ -85,8 +85,8 @@ def bounds_row(annotations: list[dict]) -> dict[str, float]:
 
 
 def model_scale(model: str | None, data: str, limit: int | None, prompts: str, seed: int) -> dict:
-    """The model's depth answers to the evaluator's depth queries: AbsRel as answered, with each picture's own best
-    scale, and the mean scale error."""
+    """The model's depth answers to the evaluator's depth queries: AbsRel as answered, divided by each picture's own
+    scale (the median of predicted over true depth), and the mean scale error."""
     from tqdm.auto import tqdm
 
     import icv_deploy
@@ -132,7 +132,7 @@ def markdown(doc: dict) -> str:
     if "model" in doc:
         m = doc["model"]
         lines += ["", f"{m['model']}, {m['images']} depth answers: AbsRel {m['abs_rel']:.4f}; with each picture's own "
-                  f"best scale {m['abs_rel_own_scale']:.4f}; scale error (mean |s - 1|) {m['scale_error']:.4f}."]
+                  f"scale {m['abs_rel_own_scale']:.4f}; scale error (mean |s - 1|) {m['scale_error']:.4f}."]
     return "\n".join(lines) + "\n"
 
 
